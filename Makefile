@@ -1,0 +1,38 @@
+# `make demo` and `make test` set everything up on a fresh machine, then run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rllib-stpn-installed
+# The CPU build of torch unless a GPU is present; a torch already in $(VENV) is kept as it is.
+TORCH_VERSION ?= 2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+LOCAL_CPU_WHEEL := $(wildcard $(or $(PIP_FIND_LINKS),/opt/wheels)/torch-$(TORCH_VERSION)+cpu-*.whl)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_ARGS := $(if $(HAS_GPU),torch,torch==$(TORCH_VERSION) $(if $(LOCAL_CPU_WHEEL),,--index-url $(TORCH_CPU_INDEX)))
+
+.PHONY: install demo test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_ARGS)
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(PY) benchmarks/associative_retrieval.py
+
+test: $(STAMP)
+	$(PY) -m pytest -ra --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

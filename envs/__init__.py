@@ -1,0 +1,1 @@
+"""Environments of the STPN paper (maze, Atari, MuJoCo), installed as `rllib_stpn.envs`."""

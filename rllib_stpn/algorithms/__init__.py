@@ -1,0 +1,1 @@
+"""RL algorithms for RLlib's new API stack that Ray no longer ships."""

@@ -1,0 +1,146 @@
+"""The Short-Term Plasticity Neuron layer (Rodriguez, Guo & Moraitis, ICML 2022)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from rllib_stpn.nn.functional import stpn_sequence_reference
+
+PLASTICITY_MODES = ("per_synapse", "uniform")
+
+
+class STPNState(NamedTuple):
+    """STPN layer state: hidden output `h` (B, H) and synaptic memory `F` (B, H, D)."""
+
+    h: torch.Tensor
+    F: torch.Tensor
+
+
+def _check_size(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+class STPN(nn.Module):
+    """A layer of STPNs: `out, state = layer(x, state)`, like `torch.nn.LSTM(batch_first=True)`.
+
+    Each synapse has a long-term weight W (trained by backprop) plus a short-term component F
+    (per sequence) that decays with retention Λ and grows Hebbianly with rate Γ.
+
+    Args:
+        input_size: I, features of x.
+        hidden_size: H, number of neurons.
+        recurrent: STPNr (True): the presynaptic vector is [x_t; h_{t-1}], D = I + H.
+            STPNf (False): it is x_t alone, D = I.
+        plasticity: "per_synapse" (Λ, Γ of shape (H, D)) or "uniform" (one scalar each).
+        normalize: divide each neuron's total efficacy row W + F by its L2 norm every step.
+        bias: learn a bias b (H).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        recurrent: bool = True,
+        plasticity: str = "per_synapse",
+        normalize: bool = True,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.input_size = _check_size("input_size", input_size)
+        self.hidden_size = _check_size("hidden_size", hidden_size)
+        if plasticity not in PLASTICITY_MODES:
+            raise ValueError(f"plasticity must be one of {PLASTICITY_MODES}, got {plasticity!r}")
+        self.recurrent = bool(recurrent)
+        self.plasticity = plasticity
+        self.normalize = bool(normalize)
+        self.synapse_size = self.input_size + (self.hidden_size if self.recurrent else 0)
+        H, D = self.hidden_size, self.synapse_size
+        stp_shape = (H, D) if plasticity == "per_synapse" else ()
+        self.weight = nn.Parameter(torch.empty(H, D))
+        self.bias = nn.Parameter(torch.empty(H)) if bias else None
+        self.weight_lambda = nn.Parameter(torch.empty(stp_shape))
+        self.weight_gamma = nn.Parameter(torch.empty(stp_shape))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialisation of the paper's appendix A.4."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+        nn.init.uniform_(self.weight_lambda, 0.0, 1.0)
+        nn.init.uniform_(self.weight_gamma, -0.001 * bound, 0.001 * bound)
+
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> STPNState:
+        """Zero state for `batch_size` sequences."""
+        device = self.weight.device if device is None else device
+        dtype = self.weight.dtype if dtype is None else dtype
+        H, D = self.hidden_size, self.synapse_size
+        return STPNState(
+            torch.zeros(batch_size, H, device=device, dtype=dtype),
+            torch.zeros(batch_size, H, D, device=device, dtype=dtype),
+        )
+
+    def _check_inputs(self, x: torch.Tensor, state: STPNState | None) -> STPNState:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape (batch, time, {self.input_size}), got {shape}")
+        B, T, I = x.shape
+        if I != self.input_size:
+            raise ValueError(
+                f"x has {I} features in its last dimension, expected input_size={self.input_size}"
+            )
+        if T == 0:
+            raise ValueError("x has 0 time steps, expected at least 1")
+        if state is None:
+            return self.initial_state(B, device=x.device, dtype=x.dtype)
+        if not (isinstance(state, tuple) and len(state) == 2):
+            raise ValueError("state must be STPNState(h, F) or None")
+        h, F = state
+        H, D = self.hidden_size, self.synapse_size
+        if tuple(h.shape) != (B, H):
+            raise ValueError(f"state.h has shape {tuple(h.shape)}, expected {(B, H)}")
+        if tuple(F.shape) != (B, H, D):
+            raise ValueError(f"state.F has shape {tuple(F.shape)}, expected {(B, H, D)}")
+        return STPNState(h, F)
+
+    def forward(
+        self, x: torch.Tensor, state: STPNState | None = None, return_power: bool = False
+    ) -> tuple[torch.Tensor, STPNState] | tuple[torch.Tensor, STPNState, torch.Tensor]:
+        """x (B, T, I) -> out (B, T, H), STPNState, and with `return_power` the power (B, T)."""
+        h, F = self._check_inputs(x, state)
+        out, h, F, power = stpn_sequence_reference(
+            x,
+            h,
+            F,
+            self.weight,
+            self.bias,
+            self.weight_lambda,
+            self.weight_gamma,
+            recurrent=self.recurrent,
+            normalize=self.normalize,
+            return_power=return_power,
+        )
+        if return_power:
+            return out, STPNState(h, F), power
+        return out, STPNState(h, F)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.hidden_size}, recurrent={self.recurrent}, "
+            f"plasticity={self.plasticity!r}, normalize={self.normalize}, "
+            f"bias={self.bias is not None}"
+        )
