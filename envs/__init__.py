@@ -1,1 +1,36 @@
-"""Environments of the STPN paper (maze, Atari, MuJoCo), installed as `rllib_stpn.envs`."""
+"""Environments of the STPN paper (maze, Atari, MuJoCo), installed as `rllib_stpn.envs`.
+
+Ids (registered on `import rllib_stpn` for `gymnasium.make` and for Tune/RLlib):
+"stpn/Maze-v0", "stpn/Atari-v0", "stpn/Pong-v0", "stpn/MuJoCo-v0", "stpn/InvertedPendulum-v0".
+"""
+
+from .atari import ATARI_ID, PONG_ID, atari_games, make_atari, make_pong
+from .maze import MAZE_ID, MazeEnv, MazeVectorEnv, maze_layout
+from .mujoco import (
+    INVERTED_PENDULUM_ID,
+    MUJOCO_ID,
+    make_inverted_pendulum,
+    make_mujoco,
+    mujoco_tasks,
+)
+from .registration import ENV_IDS, make_rllib_env, register_envs
+
+__all__ = [
+    "ATARI_ID",
+    "ENV_IDS",
+    "INVERTED_PENDULUM_ID",
+    "MAZE_ID",
+    "MUJOCO_ID",
+    "PONG_ID",
+    "MazeEnv",
+    "MazeVectorEnv",
+    "atari_games",
+    "make_atari",
+    "make_inverted_pendulum",
+    "make_mujoco",
+    "make_pong",
+    "make_rllib_env",
+    "maze_layout",
+    "mujoco_tasks",
+    "register_envs",
+]
