@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from rllib_stpn.nn.functional import stpn_sequence_reference
+from rllib_stpn.nn.fused import stpn_sequence_fused
 
 PLASTICITY_MODES = ("per_synapse", "uniform")
+IMPLEMENTATIONS = {"fused": stpn_sequence_fused, "reference": stpn_sequence_reference}
 
 
 class STPNState(NamedTuple):
@@ -40,6 +42,8 @@ class STPN(nn.Module):
         plasticity: "per_synapse" (Λ, Γ of shape (H, D)) or "uniform" (one scalar each).
         normalize: divide each neuron's total efficacy row W + F by its L2 norm every step.
         bias: learn a bias b (H).
+        implementation: "fused" (default; hand-written backward, one (B, H, D) tensor kept
+            per step) or "reference" (plain autograd, the readable version used in tests).
     """
 
     def __init__(
@@ -51,8 +55,14 @@ class STPN(nn.Module):
         plasticity: str = "per_synapse",
         normalize: bool = True,
         bias: bool = True,
+        implementation: str = "fused",
     ) -> None:
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {tuple(IMPLEMENTATIONS)}, got {implementation!r}"
+            )
+        self.implementation = implementation
         self.input_size = _check_size("input_size", input_size)
         self.hidden_size = _check_size("hidden_size", hidden_size)
         if plasticity not in PLASTICITY_MODES:
@@ -122,7 +132,7 @@ class STPN(nn.Module):
     ) -> tuple[torch.Tensor, STPNState] | tuple[torch.Tensor, STPNState, torch.Tensor]:
         """x (B, T, I) -> out (B, T, H), STPNState, and with `return_power` the power (B, T)."""
         h, F = self._check_inputs(x, state)
-        out, h, F, power = stpn_sequence_reference(
+        out, h, F, power = IMPLEMENTATIONS[self.implementation](
             x,
             h,
             F,
@@ -142,5 +152,5 @@ class STPN(nn.Module):
         return (
             f"{self.input_size}, {self.hidden_size}, recurrent={self.recurrent}, "
             f"plasticity={self.plasticity!r}, normalize={self.normalize}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}, implementation={self.implementation!r}"
         )

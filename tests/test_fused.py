@@ -1,0 +1,180 @@
+"""The fused STPN op (hand-written backward) against the plain autograd reference."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+from rllib_stpn import STPN, STPNState
+from rllib_stpn.nn.fused import STPNSequenceFunction
+
+MODES = list(itertools.product([True, False], ["per_synapse", "uniform"], [True, False]))
+
+
+def _pair(recurrent: bool, plasticity: str, normalize: bool, I: int, H: int, bias: bool = True):
+    """The same layer twice: fused and reference, with plasticity strong enough to matter."""
+    fused = STPN(I, H, recurrent=recurrent, plasticity=plasticity, normalize=normalize, bias=bias)
+    with torch.no_grad():
+        fused.weight_gamma.uniform_(-0.5, 0.5)
+    ref = copy.deepcopy(fused)
+    ref.implementation = "reference"
+    return fused, ref
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: relative to the tensor's scale, robust to entries near zero."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _run(layer, x, state, weights, parts):
+    out, st, power = layer(x, state, return_power=True)
+    terms = {
+        "out": (out * weights["out"]).sum(),
+        "h": (st.h * weights["h"]).sum(),
+        "F": (st.F * weights["F"]).sum(),
+        "power": (power * weights["power"]).sum(),
+    }
+    loss = sum(terms[p] for p in parts)
+    return loss, out, st, power
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+@pytest.mark.parametrize("recurrent,plasticity,normalize", MODES)
+def test_fused_matches_reference_float32(recurrent, plasticity, normalize, with_state):
+    torch.manual_seed(10)
+    B, T, I, H = 3, 7, 5, 6
+    fused, ref = _pair(recurrent, plasticity, normalize, I, H)
+    D = fused.synapse_size
+    x = torch.randn(B, T, I)
+    h0, F0 = torch.randn(B, H) * 0.5, torch.randn(B, H, D) * 0.3
+    weights = {
+        "out": torch.randn(B, T, H),
+        "h": torch.randn(B, H),
+        "F": torch.randn(B, H, D),
+        "power": torch.randn(B, T),
+    }
+    results = []
+    for layer in (fused, ref):
+        xs = x.clone().requires_grad_()
+        state = None
+        if with_state:
+            state = STPNState(h0.clone().requires_grad_(), F0.clone().requires_grad_())
+        loss, out, st, power = _run(layer, xs, state, weights, weights.keys())
+        loss.backward()
+        grads = {n: p.grad for n, p in layer.named_parameters()}
+        grads["x"] = xs.grad
+        if with_state:
+            grads["h0"], grads["F0"] = state.h.grad, state.F.grad
+        results.append(({"out": out, "h": st.h, "F": st.F, "power": power}, grads))
+    (vals_f, grads_f), (vals_r, grads_r) = results
+    for name in vals_r:
+        assert _rel_err(vals_f[name].detach(), vals_r[name].detach()) < 1e-4, name
+    assert grads_f.keys() == grads_r.keys()
+    for name, g in grads_r.items():
+        if name == "h0" and not recurrent:
+            assert grads_f[name] is None or grads_f[name].abs().max() == 0
+            continue
+        assert g is not None and g.abs().max() > 0, name
+        assert _rel_err(grads_f[name], g) < 1e-4, name
+
+
+@pytest.mark.parametrize("parts", [("out",), ("h",), ("F",), ("power",), ("out", "power")])
+def test_partial_losses_match_reference(parts):
+    """Outputs without a gradient reach the backward as None: every such path must be right."""
+    torch.manual_seed(11)
+    B, T, I, H = 2, 5, 4, 3
+    for recurrent, normalize in [(True, True), (False, False)]:
+        fused, ref = _pair(recurrent, "per_synapse", normalize, I, H, bias=False)
+        x = torch.randn(B, T, I)
+        weights = {
+            "out": torch.randn(B, T, H),
+            "h": torch.randn(B, H),
+            "F": torch.randn(B, H, fused.synapse_size),
+            "power": torch.randn(B, T),
+        }
+        grads = []
+        for layer in (fused, ref):
+            xs = x.clone().requires_grad_()
+            loss = _run(layer, xs, None, weights, parts)[0]
+            loss.backward()
+            grads.append([xs.grad] + [p.grad for p in layer.parameters()])
+        for gf, gr in zip(*grads):
+            assert _rel_err(gf, gr) < 1e-4
+
+
+@pytest.mark.parametrize("recurrent,plasticity,normalize", MODES)
+def test_gradcheck_fused_function_float64(recurrent, plasticity, normalize):
+    torch.manual_seed(12)
+    B, T, I, H = 2, 3, 2, 3
+    D = I + H if recurrent else I
+    stp = (H, D) if plasticity == "per_synapse" else ()
+
+    def leaf(*shape, scale=1.0):
+        return (scale * torch.randn(shape, dtype=torch.float64)).requires_grad_()
+
+    args = (
+        leaf(B, T, I),
+        leaf(B, H, scale=0.5),
+        leaf(B, H, D, scale=0.3),
+        leaf(H, D, scale=0.5),
+        leaf(H, scale=0.3),
+        torch.rand(stp, dtype=torch.float64).requires_grad_(),
+        leaf(*stp, scale=0.5),
+    )
+
+    def fn(*a):
+        return STPNSequenceFunction.apply(*a, recurrent, normalize, True)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_single_step_sampling_equals_sequence():
+    """The no-grad path, one step at a time with the state fed back, equals one training call."""
+    torch.manual_seed(13)
+    for recurrent, plasticity in [(True, "per_synapse"), (False, "uniform")]:
+        layer = STPN(4, 5, recurrent=recurrent, plasticity=plasticity)
+        with torch.no_grad():
+            layer.weight_gamma.uniform_(-0.5, 0.5)
+        x = torch.randn(3, 9, 4)
+        out, state, power = layer(x.requires_grad_(), return_power=True)
+        assert out.requires_grad
+        step_state, outs, powers = None, [], []
+        with torch.no_grad():
+            for t in range(x.shape[1]):
+                o, step_state, p = layer(x[:, t : t + 1], step_state, return_power=True)
+                outs.append(o)
+                powers.append(p)
+        torch.testing.assert_close(torch.cat(outs, 1), out.detach())
+        torch.testing.assert_close(torch.cat(powers, 1), power.detach())
+        torch.testing.assert_close(step_state.h, state.h.detach())
+        torch.testing.assert_close(step_state.F, state.F.detach())
+
+
+def test_no_grad_path_does_not_touch_the_given_state():
+    torch.manual_seed(14)
+    layer = STPN(3, 4)
+    state = STPNState(torch.randn(2, 4), torch.randn(2, 4, 7))
+    before = STPNState(state.h.clone(), state.F.clone())
+    with torch.no_grad():
+        _, new = layer(torch.randn(2, 6, 3), state)
+    assert torch.equal(state.h, before.h) and torch.equal(state.F, before.F)
+    assert not torch.equal(new.F, before.F)
+
+
+def test_backward_twice_with_retain_graph():
+    torch.manual_seed(15)
+    layer = STPN(3, 4)
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    out, _ = layer(x)
+    out.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
+def test_bad_implementation():
+    with pytest.raises(ValueError, match=r"implementation must be one of .*got 'triton'"):
+        STPN(3, 4, implementation="triton")
