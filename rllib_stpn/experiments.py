@@ -1,0 +1,598 @@
+"""RLlib's classic tuned-example YAML format, translated to AlgorithmConfig and run through Tune.
+
+A file maps experiment names to ``{run, env, stop, config, checkpoint_config, num_samples, ...}``
+exactly as Ray's old ``rllib train file`` read them. ``config`` holds AlgorithmConfig keys (``lr``,
+``gamma``, ``num_env_runners``, ``model: {...}``); Tune search spaces are written as
+``{grid_search: [...]}``. ``model: {custom_model: stpn, custom_model_config: {...}}`` selects
+:class:`rllib_stpn.STPNModel` on the new API stack (and ``STPNModelV2`` on the old one).
+
+Everything a user can get wrong is checked here, before Tune creates a single directory, and is
+reported as one :class:`ExperimentError` line.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Experiment",
+    "ExperimentError",
+    "METRIC_COLUMNS",
+    "build_algorithm_config",
+    "check_env",
+    "load_experiments",
+    "make_progress_reporter",
+    "parse_experiments",
+    "resolve_algorithm",
+    "run_experiment",
+    "to_param_space",
+    "validate_experiment",
+]
+
+# Result keys shown by the progress display and used by `rllib plot` (new API stack names).
+RETURN_KEY = "env_runners/episode_return_mean"
+POWER_KEY = "env_runners/synaptic_power_mean"
+STEPS_KEY = "num_env_steps_sampled_lifetime"
+METRIC_COLUMNS = {
+    "training_iteration": "iter",
+    STEPS_KEY: "env steps",
+    RETURN_KEY: "return",
+    POWER_KEY: "power",
+    "time_total_s": "time (s)",
+}
+
+# Keys of one experiment in the classic format (Ray's old `tune.run_experiments` spec).
+_EXPERIMENT_KEYS = {
+    "run",
+    "env",
+    "stop",
+    "config",
+    "checkpoint_config",
+    "checkpoint_freq",
+    "checkpoint_at_end",
+    "keep_checkpoints_num",
+    "num_samples",
+    "storage_path",
+    "local_dir",
+}
+# Old-stack metric names still found in tuned examples, mapped to their new-stack result keys.
+_LEGACY_STOP_KEYS = {
+    "episode_reward_mean": RETURN_KEY,
+    "episode_return_mean": RETURN_KEY,
+    "timesteps_total": STEPS_KEY,
+    "env_runners/num_env_steps_sampled_lifetime": STEPS_KEY,
+}
+# Keys `AlgorithmConfig.update_from_dict` understands that are not plain attributes.
+_SPECIAL_CONFIG_KEYS = {"multiagent", "_enable_new_api_stack", "env", "lr_schedule"}
+_MAX_VALIDATED_VARIANTS = 64
+
+
+class ExperimentError(ValueError):
+    """A problem in an experiment file or option, described in one line."""
+
+
+@dataclasses.dataclass
+class Experiment:
+    """One experiment of a tuned-example file, after command-line overrides."""
+
+    name: str
+    run: str
+    config: dict[str, Any]
+    stop: dict[str, Any] = dataclasses.field(default_factory=dict)
+    checkpoint_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_samples: int = 1
+    storage_path: str | None = None
+
+    @property
+    def env(self) -> Any:
+        return self.config.get("env")
+
+
+def _close(word: str, candidates: Any) -> str:
+    """' (did you mean: a, b?)' for the nearest candidates, or ''."""
+    matches = difflib.get_close_matches(str(word), sorted(set(map(str, candidates))), n=3)
+    return f" (did you mean: {', '.join(matches)}?)" if matches else ""
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` merged into a copy of ``base``; nested dicts merge key by key."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and not _is_grid(value):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_grid(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {"grid_search"}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_experiments(
+    path: str | os.PathLike,
+    *,
+    config_override: Mapping[str, Any] | None = None,
+    stop: Mapping[str, Any] | None = None,
+    num_samples: int | None = None,
+    storage_path: str | None = None,
+) -> list[Experiment]:
+    """Read a tuned-example YAML file; command-line overrides are applied to every experiment."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"experiment file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ExperimentError(f"invalid YAML in {path}{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ExperimentError(f"{path} is not a text (YAML) file") from None
+    return parse_experiments(
+        data,
+        source=str(path),
+        config_override=config_override,
+        stop=stop,
+        num_samples=num_samples,
+        storage_path=storage_path,
+    )
+
+
+def parse_experiments(
+    data: Any,
+    *,
+    source: str = "<dict>",
+    config_override: Mapping[str, Any] | None = None,
+    stop: Mapping[str, Any] | None = None,
+    num_samples: int | None = None,
+    storage_path: str | None = None,
+) -> list[Experiment]:
+    """Experiments from an already parsed ``{name: {run, env, stop, config, ...}}`` mapping."""
+    if not isinstance(data, dict) or not data:
+        raise ExperimentError(
+            f"{source} must map experiment names to {{run, env, stop, config}}, got "
+            f"{type(data).__name__ if data is not None else 'an empty file'}"
+        )
+    experiments = []
+    for name, spec in data.items():
+        if not isinstance(spec, dict):
+            raise ExperimentError(f"experiment {name!r} in {source} must be a mapping")
+        unknown = set(spec) - _EXPERIMENT_KEYS
+        if unknown:
+            key = sorted(unknown)[0]
+            raise ExperimentError(
+                f"unknown key {key!r} in experiment {name!r}{_close(key, _EXPERIMENT_KEYS)}; "
+                f"allowed: {', '.join(sorted(_EXPERIMENT_KEYS))}"
+            )
+        if "run" not in spec:
+            raise ExperimentError(f"experiment {name!r} in {source} has no 'run' (e.g. run: A2C)")
+        config = spec.get("config") or {}
+        if not isinstance(config, dict):
+            raise ExperimentError(f"'config' of experiment {name!r} must be a mapping")
+        config = copy.deepcopy(config)
+        if "env" in spec:
+            config["env"] = spec["env"]
+        if config_override:
+            config = deep_merge(config, config_override)
+        if "env" not in config:
+            raise ExperimentError(f"experiment {name!r} in {source} names no 'env'")
+
+        exp_stop = dict(stop) if stop is not None else dict(spec.get("stop") or {})
+        ckpt = dict(spec.get("checkpoint_config") or {})
+        if "checkpoint_freq" in spec:
+            ckpt.setdefault("checkpoint_frequency", spec["checkpoint_freq"])
+        if "checkpoint_at_end" in spec:
+            ckpt.setdefault("checkpoint_at_end", spec["checkpoint_at_end"])
+        if "keep_checkpoints_num" in spec:
+            ckpt.setdefault("num_to_keep", spec["keep_checkpoints_num"])
+        samples = num_samples if num_samples is not None else spec.get("num_samples", 1)
+        path = storage_path or spec.get("storage_path") or spec.get("local_dir")
+        experiments.append(
+            Experiment(
+                name=str(name),
+                run=spec["run"],
+                config=config,
+                stop=_translate_stop(exp_stop, name),
+                checkpoint_config=ckpt,
+                num_samples=samples,
+                storage_path=path,
+            )
+        )
+    return experiments
+
+
+def _translate_stop(stop: Mapping[str, Any], name: Any) -> dict[str, Any]:
+    if not isinstance(stop, Mapping):
+        raise ExperimentError(f"'stop' of experiment {name!r} must be a mapping of metric: value")
+    out = {}
+    for key, value in stop.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ExperimentError(f"stop criterion {key!r} must be a number, got {value!r}")
+        out[_LEGACY_STOP_KEYS.get(key, key)] = value
+    return out
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def resolve_algorithm(run: Any) -> type:
+    """The Algorithm class registered with Tune under ``run`` (e.g. "PPO", "A2C")."""
+    import rllib_stpn  # noqa: F401  (registers A2C, envs and the "stpn" model)
+
+    if isinstance(run, type):
+        return run
+    from ray.tune.registry import TRAINABLE_CLASS, _global_registry, get_trainable_cls
+
+    if not isinstance(run, str):
+        raise ExperimentError(f"'run' must be an algorithm name such as A2C or PPO, got {run!r}")
+    if _global_registry.contains(TRAINABLE_CLASS, run):
+        return _global_registry.get(TRAINABLE_CLASS, run)
+    from ray.rllib.algorithms.registry import ALGORITHMS
+
+    if run not in ALGORITHMS:
+        known = set(ALGORITHMS) | {"A2C"}
+        raise ExperimentError(f"unknown run {run!r}{_close(run, known)}")
+    try:
+        return get_trainable_cls(run)
+    except Exception as err:  # an RLlib algorithm whose dependencies are missing
+        raise ExperimentError(f"cannot load algorithm {run!r}: {err}") from None
+
+
+def check_env(env: Any) -> None:
+    """Fail unless ``env`` is registered with Tune or gymnasium (or is an env class/creator)."""
+    import rllib_stpn  # noqa: F401
+
+    if not isinstance(env, str):
+        if callable(env):
+            return
+        raise ExperimentError(f"'env' must be an environment id, got {env!r}")
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    if _global_registry.contains(ENV_CREATOR, env):
+        return
+    import gymnasium as gym
+
+    if env.startswith("ALE/"):
+        import ale_py
+
+        gym.register_envs(ale_py)
+    try:
+        gym.spec(env)  # also imports "module:EnvId" and handles namespaces
+        return
+    except Exception:
+        pass
+    registered = [*_global_registry._to_flush, *_global_registry._registered]
+    tune_envs = {k for c, k in registered if c == ENV_CREATOR}
+    known = set(gym.registry) | tune_envs
+    raise ExperimentError(f"unknown env {env!r}{_close(env, known)}")
+
+
+def _api_stack(config: Mapping[str, Any], algo_cls: type) -> bool:
+    """True when the config runs on the new API stack (RLModule + Learner)."""
+    for key in (
+        "enable_rl_module_and_learner",
+        "enable_env_runner_and_connector_v2",
+        "_enable_new_api_stack",
+    ):
+        if key in config and not _is_grid(config[key]):
+            return bool(config[key])
+    return bool(algo_cls.get_default_config().enable_rl_module_and_learner)
+
+
+def to_param_space(config: Mapping[str, Any], algo_cls: type) -> dict[str, Any]:
+    """Classic config dict -> partial AlgorithmConfig dict (grid searches left in place).
+
+    This is what Tune receives: RLlib's ``Algorithm`` applies it with ``update_from_dict``. The
+    ``model`` dict becomes the new stack's RLModule settings (``custom_model: stpn`` ->
+    ``RLModuleSpec(STPNModel)`` with ``custom_model_config`` as its ``model_config`` and the
+    synaptic-power callback), or stays as it is on the old stack.
+    """
+    config = copy.deepcopy(dict(config))
+    default = algo_cls.get_default_config()
+    new_stack = _api_stack(config, algo_cls)
+
+    unknown = []
+    for key in config:
+        attr = type(default)._translate_special_keys(key, warn_deprecated=False)
+        if key in _SPECIAL_CONFIG_KEYS or hasattr(default, attr):
+            continue
+        unknown.append(key)
+    if unknown:
+        key = sorted(unknown)[0]
+        names = [n for n in vars(default) if not n.startswith("_")] + ["lambda", "lr_schedule"]
+        raise ExperimentError(
+            f"unknown config key {key!r} for {algo_cls.__name__}{_close(key, names)}"
+        )
+
+    if "lr_schedule" in config:
+        schedule = config.pop("lr_schedule")
+        if new_stack and schedule is not None:
+            config["lr"] = schedule  # the new stack reads schedules from `lr` itself
+        elif schedule is not None:
+            config["lr_schedule"] = schedule
+
+    power_callback = False
+    model = config.pop("model", None)
+    if model is not None:
+        if not isinstance(model, Mapping) or _is_grid(model):
+            raise ExperimentError(
+                "'model' must be a mapping (grid-search its keys, not the whole dict)"
+            )
+        model = dict(model)
+        custom = model.get("custom_model")
+        if not new_stack:
+            if custom is not None and isinstance(custom, str):
+                _check_old_stack_model(custom, model)
+            # SynapticPowerCallback reads new-stack episodes; old-stack runs keep their model.
+            config["model"] = model
+        elif custom is None:
+            _check_keys(model, _default_model_keys(), "model")
+            config["_model_config"] = model
+        elif custom == "stpn":
+            extra = set(model) - {"custom_model", "custom_model_config", "max_seq_len"}
+            if extra:
+                key = sorted(extra)[0]
+                raise ExperimentError(
+                    f"model key {key!r} is not used by custom_model stpn; put STPN settings in "
+                    f"model.custom_model_config (keys: {', '.join(sorted(_stpn_keys()))})"
+                )
+            model_config = dict(model.get("custom_model_config") or {})
+            _check_keys(model_config, _stpn_keys(), "model.custom_model_config")
+            if "max_seq_len" in model:
+                model_config.setdefault("max_seq_len", model["max_seq_len"])
+            from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+            config["_rl_module_spec"] = RLModuleSpec(module_class=_stpn_model_class())
+            config["_model_config"] = model_config
+            power_callback = True
+        else:
+            raise ExperimentError(
+                f"custom_model {custom!r} is not available on the new API stack (only 'stpn'); "
+                "set enable_rl_module_and_learner: false for ModelV2 models"
+            )
+
+    if power_callback:
+        callback = _power_callback_class()
+        if callback is not None:
+            user = config.get("callbacks")
+            if user is None:
+                config["callbacks"] = callback
+            elif isinstance(user, list | tuple):
+                config["callbacks"] = [*user, callback]
+            else:
+                config["callbacks"] = [user, callback]
+    return config
+
+
+def _check_keys(given: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(given) - allowed
+    if unknown:
+        key = sorted(unknown)[0]
+        names = ", ".join(sorted(allowed))
+        raise ExperimentError(
+            f"unknown {where} key {key!r}{_close(key, allowed)}; allowed: {names}"
+        )
+
+
+def _default_model_keys() -> set[str]:
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    return {f.name for f in dataclasses.fields(DefaultModelConfig)}
+
+
+def _stpn_model_class() -> type:
+    try:
+        from rllib_stpn.rl_module import STPNModel
+    except ImportError as err:
+        raise ExperimentError(f"custom_model stpn needs rllib_stpn.STPNModel: {err}") from None
+    return STPNModel
+
+
+def _stpn_keys() -> set[str]:
+    """The ``model_config`` keys STPNModel (and STPNModelV2) accept."""
+    from rllib_stpn.model_config import DEFAULT_MODEL_CONFIG
+
+    return set(DEFAULT_MODEL_CONFIG)
+
+
+def _power_callback_class() -> type | None:
+    try:
+        from rllib_stpn.callbacks import SynapticPowerCallback
+    except ImportError:
+        return None
+    return SynapticPowerCallback
+
+
+def _check_old_stack_model(custom: str, model: Mapping[str, Any]) -> None:
+    from ray.rllib.models import MODEL_DEFAULTS
+    from ray.tune.registry import RLLIB_MODEL, _global_registry
+
+    if "." not in custom and not _global_registry.contains(RLLIB_MODEL, custom):
+        raise ExperimentError(f"unknown custom_model {custom!r} (register it with ModelCatalog)")
+    _check_keys(model, set(MODEL_DEFAULTS), "model")
+    if custom == "stpn":
+        _check_keys(model.get("custom_model_config") or {}, _stpn_keys(), "custom_model_config")
+
+
+def _variants(config: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every grid-search variant of ``config`` (at most _MAX_VALIDATED_VARIANTS of them)."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    for i, (_, resolved) in enumerate(generate_variants(copy.deepcopy(dict(config)))):
+        if i >= _MAX_VALIDATED_VARIANTS:
+            return
+        yield resolved
+
+
+def _grid_keys(config: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Flattened paths ("a/b") of the grid-searched values, for the progress table."""
+    keys = []
+    for key, value in config.items():
+        if _is_grid(value):
+            keys.append(prefix + str(key))
+        elif isinstance(value, Mapping):
+            keys.extend(_grid_keys(value, f"{prefix}{key}/"))
+    return keys
+
+
+def build_algorithm_config(experiment: Experiment, variant: Mapping[str, Any] | None = None):
+    """The AlgorithmConfig of one (grid-resolved) variant of ``experiment``, validated."""
+    algo_cls = resolve_algorithm(experiment.run)
+    if variant is None:
+        variant = next(_variants(experiment.config))
+    param = to_param_space(variant, algo_cls)
+    try:
+        config = algo_cls.get_default_config().update_from_dict(param)
+        config.validate()
+    except ExperimentError:
+        raise
+    except Exception as err:
+        raise ExperimentError(f"invalid config for {experiment.name!r}: {_one_line(err)}") from None
+    return config
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    text = text.replace("Try `config.validate()` to get a more detailed error message. ", "")
+    return f"{type(err).__name__}: {text}" if not isinstance(err, ValueError) else text
+
+
+def validate_experiment(experiment: Experiment, *, build_module: bool = True) -> None:
+    """Check everything Tune would only find out in a trial: run, env, keys, values, model.
+
+    With ``build_module`` the env is created once (per distinct ``env_config``) and the RLModule
+    is built for its spaces, which catches bad model settings and bad env options.
+    """
+    algo_cls = resolve_algorithm(experiment.run)
+    if isinstance(experiment.num_samples, bool) or not isinstance(experiment.num_samples, int):
+        raise ExperimentError(
+            f"num_samples must be a positive integer, got {experiment.num_samples!r}"
+        )
+    if experiment.num_samples < 1:
+        raise ExperimentError(
+            f"num_samples must be a positive integer, got {experiment.num_samples}"
+        )
+    _checkpoint_config(experiment.checkpoint_config)
+    to_param_space(experiment.config, algo_cls)  # key errors before anything else
+    seen_envs: set[str] = set()
+    for variant in _variants(experiment.config):
+        check_env(variant.get("env"))
+        config = build_algorithm_config(experiment, variant)
+        env_key = json.dumps([str(variant.get("env")), variant.get("env_config")], default=str)
+        if build_module and config.enable_rl_module_and_learner and env_key not in seen_envs:
+            seen_envs.add(env_key)
+            _build_module(config, experiment.name)
+
+
+def _build_module(config: Any, name: str) -> None:
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    try:
+        env = _make_env(config.env, dict(config.env_config or {}))
+    except ExperimentError:
+        raise
+    except Exception as err:
+        raise ExperimentError(f"env {config.env!r} cannot be created: {_one_line(err)}") from None
+    try:
+        spaces = {
+            DEFAULT_MODULE_ID: (
+                getattr(env, "single_observation_space", env.observation_space),
+                getattr(env, "single_action_space", env.action_space),
+            )
+        }
+    finally:
+        env.close()
+    try:
+        config.get_rl_module_spec(spaces=spaces).build()
+    except Exception as err:
+        raise ExperimentError(f"model of {name!r} cannot be built: {_one_line(err)}") from None
+
+
+def _make_env(env: Any, env_config: dict[str, Any]) -> Any:
+    from ray.rllib.env.env_context import EnvContext
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    if not isinstance(env, str):
+        return env(EnvContext(env_config, worker_index=0))
+    if _global_registry.contains(ENV_CREATOR, env):
+        creator = _global_registry.get(ENV_CREATOR, env)
+        return creator(EnvContext(env_config, worker_index=0))
+    import gymnasium as gym
+
+    return gym.make(env, **env_config)
+
+
+def _checkpoint_config(spec: Mapping[str, Any], frequency: int | None = None) -> Any:
+    from ray.tune import CheckpointConfig
+
+    fields = {f.name for f in dataclasses.fields(CheckpointConfig) if not f.name.startswith("_")}
+    _check_keys(spec, fields, "checkpoint_config")
+    kwargs = {"checkpoint_at_end": True, **spec}
+    if frequency is not None:
+        kwargs["checkpoint_frequency"] = frequency
+    try:
+        return CheckpointConfig(**kwargs)
+    except Exception as err:
+        raise ExperimentError(f"invalid checkpoint_config: {_one_line(err)}") from None
+
+
+# --------------------------------------------------------------------------- running
+
+
+def make_progress_reporter(experiment: Experiment, max_report_frequency: int = 10) -> Any:
+    """Tune's table reporter showing return, power and env steps (plus the grid-searched keys)."""
+    from ray.tune import CLIReporter
+
+    params = _grid_keys(to_param_space(experiment.config, resolve_algorithm(experiment.run)))
+    return CLIReporter(
+        metric_columns=METRIC_COLUMNS,
+        parameter_columns={k: k.split("/")[-1] for k in params} or None,
+        max_report_frequency=max_report_frequency,
+        print_intermediate_tables=True,
+    )
+
+
+def run_experiment(
+    experiment: Experiment,
+    *,
+    resume: bool = False,
+    checkpoint_freq: int | None = None,
+    progress_reporter: Any = None,
+    verbose: int = 1,
+    validate: bool = True,
+) -> Any:
+    """Validate ``experiment``, then run it with ``tune.run``; returns Tune's ExperimentAnalysis."""
+    from ray import tune
+
+    if validate:
+        validate_experiment(experiment)
+    algo_cls = resolve_algorithm(experiment.run)
+    checkpoint_config = _checkpoint_config(experiment.checkpoint_config, checkpoint_freq)
+    storage = experiment.storage_path or "~/ray_results"
+    return tune.run(
+        algo_cls,
+        name=experiment.name,
+        config=to_param_space(experiment.config, algo_cls),
+        stop=experiment.stop or None,
+        num_samples=experiment.num_samples,
+        storage_path=os.path.abspath(os.path.expanduser(storage)),
+        checkpoint_config=checkpoint_config,
+        resume="AUTO" if resume else None,
+        progress_reporter=progress_reporter,
+        verbose=verbose,
+        raise_on_failed_trial=False,
+    )

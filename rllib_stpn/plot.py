@@ -1,0 +1,111 @@
+"""Training curves from Tune run directories (the paper's Figures 2-4), one line per trial.
+
+Reads every ``progress.csv`` below the given directories and writes three PNGs: return vs env
+steps, synaptic power vs env steps and power vs return.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from rllib_stpn.experiments import POWER_KEY, RETURN_KEY, STEPS_KEY, ExperimentError
+
+__all__ = ["find_trials", "plot_runs", "read_progress"]
+
+# New-stack names first, then the old stack's.
+_STEPS = (STEPS_KEY, "env_runners/num_env_steps_sampled_lifetime", "timesteps_total")
+_RETURN = (RETURN_KEY, "episode_reward_mean", "env_runners/episode_reward_mean")
+_POWER = (POWER_KEY, "synaptic_power_mean", "custom_metrics/synaptic_power_mean_mean")
+FIGURES = ("return_vs_steps.png", "power_vs_steps.png", "power_vs_return.png")
+
+
+def find_trials(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """Trial directories (those holding a progress.csv) at or below each of ``run_dirs``."""
+    trials: list[Path] = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir).expanduser()
+        if not run_dir.is_dir():
+            raise ExperimentError(f"run directory not found: {run_dir}")
+        found = sorted(p.parent for p in run_dir.rglob("progress.csv"))
+        if not found:
+            raise ExperimentError(f"no progress.csv (Tune trial) in {run_dir}")
+        trials.extend(p for p in found if p not in trials)
+    return trials
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def read_progress(trial_dir: str | Path) -> dict[str, list[float]]:
+    """``{"steps", "return", "power"}`` series of one trial (NaN where a row lacks a value)."""
+    path = Path(trial_dir) / "progress.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys() if rows else []
+
+    def series(names: Sequence[str]) -> list[float]:
+        name = next((n for n in names if n in columns), None)
+        return [_float(r.get(name)) if name else math.nan for r in rows]
+
+    return {"steps": series(_STEPS), "return": series(_RETURN), "power": series(_POWER)}
+
+
+def _label(trial_dir: Path) -> str:
+    """The trial dir name without Tune's date suffix, e.g. "A2C_stpn_Maze-v0_1a2b3_00000_0"."""
+    return re.sub(r"_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$", "", trial_dir.name)
+
+
+def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> list[Path]:
+    """Write the three figures for every trial below ``run_dirs``; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = find_trials(run_dirs)
+    out = Path(out_dir if out_dir is not None else run_dirs[0]).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    data = {trial: read_progress(trial) for trial in trials}
+
+    specs = [
+        ("steps", "return", "environment steps", "episode return (mean)", FIGURES[0]),
+        ("steps", "power", "environment steps", "synaptic power per step", FIGURES[1]),
+        ("return", "power", "episode return (mean)", "synaptic power per step", FIGURES[2]),
+    ]
+    written = []
+    for x_key, y_key, x_label, y_label, filename in specs:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for trial, series in data.items():
+            points = [
+                (x, y)
+                for x, y in zip(series[x_key], series[y_key])
+                if not (math.isnan(x) or math.isnan(y))
+            ]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            if x_key == "return":  # a scatter: consecutive iterations jump back and forth
+                ax.plot(xs, ys, "o", markersize=3, alpha=0.6, label=_label(trial))
+            else:
+                ax.plot(xs, ys, "-", label=_label(trial))
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no {y_key} data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out / filename
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
