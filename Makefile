@@ -9,7 +9,7 @@ LOCAL_CPU_WHEEL := $(wildcard $(or $(PIP_FIND_LINKS),/opt/wheels)/torch-$(TORCH_
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_ARGS := $(if $(HAS_GPU),torch,torch==$(TORCH_VERSION) $(if $(LOCAL_CPU_WHEEL),,--index-url $(TORCH_CPU_INDEX)))
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo assoc test lint format clean bench
 
 install: $(STAMP)
 
@@ -20,8 +20,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The main job: STPN + A2C on a small maze through the `rllib` command (results under results/).
 demo: $(STAMP)
+	$(VENV)/bin/rllib train file tuned_examples/maze-a2c-stpn-quick.yaml --storage-path $(CURDIR)/results
+
+# STPN vs LSTM on associative retrieval (supervised, a few minutes on CPU).
+assoc: $(STAMP)
 	$(PY) benchmarks/associative_retrieval.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/stpn_cell.py --quick
+	$(PY) benchmarks/maze_env.py
 
 test: $(STAMP)
 	$(PY) -m pytest -ra --durations=15

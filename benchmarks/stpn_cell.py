@@ -1,5 +1,8 @@
 """STPN layer cost: fused op vs autograd reference vs an LSTM with as many parameters.
 
+The fused op runs on its C++ kernel when it builds (`rllib_stpn.nn.fused_cpp`); the column
+`torch s` times the pure-torch fused op (the fallback, forced with RLLIB_STPN_NO_CPP=1).
+
     .venv/bin/python benchmarks/stpn_cell.py            # paper sizes (a few minutes on 2 cores)
     .venv/bin/python benchmarks/stpn_cell.py --quick    # small sizes, seconds
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 
@@ -34,6 +38,7 @@ from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from rllib_stpn import STPN
+from rllib_stpn.nn import fused_cpp
 
 SIZES = {  # name: (T, B, I, H)
     "pong": (50, 16, 2592, 64),
@@ -96,6 +101,20 @@ def bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / seconds
 
 
+class pure_torch:
+    """Within this block the fused op takes its pure-torch path."""
+
+    def __enter__(self) -> None:
+        self.before = os.environ.get(fused_cpp.DISABLE_ENV)
+        os.environ[fused_cpp.DISABLE_ENV] = "1"
+
+    def __exit__(self, *exc) -> None:
+        if self.before is None:
+            os.environ.pop(fused_cpp.DISABLE_ENV)
+        else:
+            os.environ[fused_cpp.DISABLE_ENV] = self.before
+
+
 def single_step(layer: STPN, B: int) -> float:
     x = torch.randn(B, 1, layer.input_size)
     state = layer.initial_state(B)
@@ -122,6 +141,9 @@ def run_size(name, T, B, I, H, args, bw) -> dict:
 
     row["fused_s"] = time_it(lambda: fwd_bwd(fused, x), args.reps)
     row["fused_mem"] = peak_bytes(lambda: fwd_bwd(fused, x))
+    with pure_torch():
+        row["torch_s"] = time_it(lambda: fwd_bwd(fused, x), args.reps)
+        row["torch_mem"] = peak_bytes(lambda: fwd_bwd(fused, x))
     row["lstm_s"] = time_it(lambda: fwd_bwd(lstm, x), args.reps)
     row["lstm_mem"] = peak_bytes(lambda: fwd_bwd(lstm, x))
 
@@ -141,6 +163,8 @@ def run_size(name, T, B, I, H, args, bw) -> dict:
 
     row["floor_s"] = 10 * T * F_bytes / bw
     row["step_fused_ms"] = 1e3 * single_step(fused, B)
+    with pure_torch():
+        row["step_torch_ms"] = 1e3 * single_step(fused, B)
     row["step_ref_ms"] = 1e3 * single_step(ref, B)
     return row
 
@@ -163,9 +187,10 @@ def main() -> None:
         sizes = {k: SIZES.get(k) or QUICK_SIZES[k] for k in args.sizes}
 
     bw = bandwidth()
+    backend = "C++ kernel" if fused_cpp.available() else "pure torch (C++ kernel unavailable)"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, copy bandwidth "
-        f"{bw / 1e9:.1f} GB/s (read + write)"
+        f"{bw / 1e9:.1f} GB/s (read + write); fused op: {backend}"
     )
     rows = [run_size(name, *dims, args, bw) for name, dims in sizes.items()]
     print()
@@ -174,21 +199,23 @@ def main() -> None:
         "|F| = B·H·D·4 bytes"
     )
     header = (
-        f"{'size':<16}{'fused s':>9}{'ref s':>10}{'LSTM s':>9}{'ref/fused':>10}"
-        f"{'x floor':>9}{'fused mem':>11}{'/|F|':>7}{'ref mem':>10}{'/|F|':>7}"
-        f"{'LSTM mem':>10}{'step fused':>12}{'step ref':>10}"
+        f"{'size':<16}{'fused s':>9}{'torch s':>9}{'ref s':>10}{'LSTM s':>9}{'ref/fused':>10}"
+        f"{'x floor':>9}{'fused mem':>11}{'/|F|':>7}{'torch mem':>11}{'ref mem':>10}{'/|F|':>7}"
+        f"{'LSTM mem':>10}{'step fused':>12}{'step torch':>12}{'step ref':>10}"
     )
     print(header)
     for r in rows:
         star = "*" if r["ref_T"] != int(r["size"].split()[0][2:]) else " "
         F = r["F_MB"] * 2**20
         print(
-            f"{r['name']:<16}{r['fused_s']:>9.3f}{r['ref_s']:>9.3f}{star}{r['lstm_s']:>9.3f}"
+            f"{r['name']:<16}{r['fused_s']:>9.3f}{r['torch_s']:>9.3f}"
+            f"{r['ref_s']:>9.3f}{star}{r['lstm_s']:>9.3f}"
             f"{r['ref_s'] / r['fused_s']:>9.1f}x{r['fused_s'] / r['floor_s']:>8.2f}x"
             f"{r['fused_mem'] / 2**20:>9.0f}MB{r['fused_mem'] / F:>7.1f}"
+            f"{r['torch_mem'] / 2**20:>9.0f}MB"
             f"{r['ref_mem'] / 2**20:>8.0f}MB{r['ref_mem'] / F:>7.1f}"
             f"{r['lstm_mem'] / 2**20:>8.0f}MB"
-            f"{r['step_fused_ms']:>10.2f}ms{r['step_ref_ms']:>8.2f}ms"
+            f"{r['step_fused_ms']:>10.2f}ms{r['step_torch_ms']:>10.2f}ms{r['step_ref_ms']:>8.2f}ms"
         )
     print()
     for r in rows:

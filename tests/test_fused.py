@@ -1,17 +1,38 @@
-"""The fused STPN op (hand-written backward) against the plain autograd reference."""
+"""The fused STPN op (hand-written backward) against the plain autograd reference.
+
+Every check runs twice: on the C++ kernel (`fused_cpp`, built once per session) and on the
+pure-torch fallback (forced with RLLIB_STPN_NO_CPP=1).
+"""
 
 from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 
 import pytest
 import torch
 
 from rllib_stpn import STPN, STPNState
+from rllib_stpn.nn import fused, fused_cpp
+from rllib_stpn.nn.functional import stpn_sequence_reference
 from rllib_stpn.nn.fused import STPNSequenceFunction
+from rllib_stpn.nn.fused_cpp import DISABLE_ENV, STPNSequenceCppFunction
 
 MODES = list(itertools.product([True, False], ["per_synapse", "uniform"], [True, False]))
+FUNCTIONS = {"cpp": STPNSequenceCppFunction, "torch": STPNSequenceFunction}
+
+
+@pytest.fixture(params=["cpp", "torch"])
+def backend(request, monkeypatch):
+    """Which fused implementation STPN(implementation="fused") runs in this test."""
+    if request.param == "cpp":
+        monkeypatch.delenv(DISABLE_ENV, raising=False)
+        fused_cpp.load()  # a build failure fails the test here instead of falling back
+    else:
+        monkeypatch.setenv(DISABLE_ENV, "1")
+    assert fused_cpp.supports(torch.zeros(1)) == (request.param == "cpp")
+    return request.param
 
 
 def _pair(recurrent: bool, plasticity: str, normalize: bool, I: int, H: int, bias: bool = True):
@@ -43,7 +64,7 @@ def _run(layer, x, state, weights, parts):
 
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("recurrent,plasticity,normalize", MODES)
-def test_fused_matches_reference_float32(recurrent, plasticity, normalize, with_state):
+def test_fused_matches_reference_float32(recurrent, plasticity, normalize, with_state, backend):
     torch.manual_seed(10)
     B, T, I, H = 3, 7, 5, 6
     fused, ref = _pair(recurrent, plasticity, normalize, I, H)
@@ -82,7 +103,7 @@ def test_fused_matches_reference_float32(recurrent, plasticity, normalize, with_
 
 
 @pytest.mark.parametrize("parts", [("out",), ("h",), ("F",), ("power",), ("out", "power")])
-def test_partial_losses_match_reference(parts):
+def test_partial_losses_match_reference(parts, backend):
     """Outputs without a gradient reach the backward as None: every such path must be right."""
     torch.manual_seed(11)
     B, T, I, H = 2, 5, 4, 3
@@ -105,8 +126,9 @@ def test_partial_losses_match_reference(parts):
             assert _rel_err(gf, gr) < 1e-4
 
 
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
 @pytest.mark.parametrize("recurrent,plasticity,normalize", MODES)
-def test_gradcheck_fused_function_float64(recurrent, plasticity, normalize):
+def test_gradcheck_fused_function_float64(recurrent, plasticity, normalize, backend):
     torch.manual_seed(12)
     B, T, I, H = 2, 3, 2, 3
     D = I + H if recurrent else I
@@ -126,12 +148,12 @@ def test_gradcheck_fused_function_float64(recurrent, plasticity, normalize):
     )
 
     def fn(*a):
-        return STPNSequenceFunction.apply(*a, recurrent, normalize, True)
+        return FUNCTIONS[backend].apply(*a, recurrent, normalize, True)
 
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-def test_single_step_sampling_equals_sequence():
+def test_single_step_sampling_equals_sequence(backend):
     """The no-grad path, one step at a time with the state fed back, equals one training call."""
     torch.manual_seed(13)
     for recurrent, plasticity in [(True, "per_synapse"), (False, "uniform")]:
@@ -153,7 +175,7 @@ def test_single_step_sampling_equals_sequence():
         torch.testing.assert_close(step_state.F, state.F.detach())
 
 
-def test_no_grad_path_does_not_touch_the_given_state():
+def test_no_grad_path_does_not_touch_the_given_state(backend):
     torch.manual_seed(14)
     layer = STPN(3, 4)
     state = STPNState(torch.randn(2, 4), torch.randn(2, 4, 7))
@@ -164,7 +186,7 @@ def test_no_grad_path_does_not_touch_the_given_state():
     assert not torch.equal(new.F, before.F)
 
 
-def test_backward_twice_with_retain_graph():
+def test_backward_twice_with_retain_graph(backend):
     torch.manual_seed(15)
     layer = STPN(3, 4)
     x = torch.randn(2, 5, 3, requires_grad=True)
@@ -178,3 +200,73 @@ def test_backward_twice_with_retain_graph():
 def test_bad_implementation():
     with pytest.raises(ValueError, match=r"implementation must be one of .*got 'triton'"):
         STPN(3, 4, implementation="triton")
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cpp_neuron_blocks_and_thread_split(threads):
+    """Long rows (neurons processed in blocks, the last one partial) and more threads than
+    samples (a thread with no sample): still the reference, values and gradients."""
+    fused_cpp.load()
+    torch.manual_seed(16)
+    B, T, I, H = 2, 3, 4000, 7
+    D = I + H
+    x = torch.randn(B, T, I)
+    args = [
+        torch.randn(B, H) * 0.5,
+        torch.randn(B, H, D) * 0.02,
+        torch.randn(H, D) * 0.02,
+        torch.randn(H) * 0.3,
+        torch.rand(H, D),
+        torch.randn(H, D) * 0.5,
+    ]
+    w_out, w_F, w_P = torch.randn(B, T, H), torch.randn(B, H, D), torch.randn(B, T)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for fn in (fused_cpp.stpn_sequence_cpp, stpn_sequence_reference):
+            xs = x.clone().requires_grad_()
+            leaves = [a.clone().requires_grad_() for a in args]
+            out, _, F, power = fn(xs, *leaves, recurrent=True, normalize=True, return_power=True)
+            ((out * w_out).sum() + (F * w_F).sum() + (power * w_P).sum()).backward()
+            results.append([out, F, power, xs.grad] + [a.grad for a in leaves])
+    finally:
+        torch.set_num_threads(previous)
+    for got, want in zip(*results):
+        assert _rel_err(got.detach(), want.detach()) < 1e-4
+
+
+def test_dispatch_and_silent_fallback(monkeypatch):
+    """CPU float32 goes to the C++ kernel; the env switch or a failed build selects pure torch
+    without an error or a warning."""
+    layer = STPN(3, 4)
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    calls = []
+    for name in ("stpn_sequence_cpp", "stpn_sequence_fused_torch"):
+        original = getattr(fused, name)
+
+        def spy(*a, _name=name, _original=original, **k):
+            calls.append(_name)
+            return _original(*a, **k)
+
+        monkeypatch.setattr(fused, name, spy)
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    fused_cpp.load()
+    expected, _ = layer(x)
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    torch.testing.assert_close(layer(x)[0], expected)
+    monkeypatch.delenv(DISABLE_ENV)
+
+    def broken():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(fused_cpp, "_state", {"tried": False, "ops": None, "error": None})
+    monkeypatch.setattr(fused_cpp, "load", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, _ = layer(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, expected)
+    assert fused_cpp.available() is False
+    assert isinstance(fused_cpp._state["error"], RuntimeError)
+    assert calls == ["stpn_sequence_cpp", "stpn_sequence_fused_torch", "stpn_sequence_fused_torch"]

@@ -1,5 +1,9 @@
 """Fused STPN sequence op: a `torch.autograd.Function` with a hand-derived backward.
 
+`stpn_sequence_fused` (what `STPN(implementation="fused")` runs) uses the C++ kernel of
+`fused_cpp` for CPU float32/float64 and this module's pure-torch op otherwise; the choice is
+silent (see `fused_cpp.available`). Both implement the derivation below.
+
 Same maths as `stpn_sequence_reference` (SPEC section 1), rewritten around the memory traffic on
 the (B, H, D) state F, which is what the layer's cost is made of:
 
@@ -33,6 +37,8 @@ from __future__ import annotations
 import torch
 
 from rllib_stpn.nn.functional import NORM_EPS
+from rllib_stpn.nn.fused_cpp import stpn_sequence_cpp
+from rllib_stpn.nn.fused_cpp import supports as cpp_supports
 
 
 def _rowdot(A: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -321,6 +327,33 @@ class STPNSequenceFunction(torch.autograd.Function):
         )
 
 
+def stpn_sequence_fused_torch(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    F: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    weight_lambda: torch.Tensor,
+    weight_gamma: torch.Tensor,
+    *,
+    recurrent: bool,
+    normalize: bool,
+    return_power: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The pure-torch fused op (any device): same contract as `stpn_sequence_fused`."""
+    args = (x, h, F, weight, bias, weight_lambda, weight_gamma)
+    if not (torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)):
+        # Sampling path: no saved states, F buffers recycled.
+        out, h, F, power, _ = stpn_sequence_fused_forward(
+            *args, recurrent=recurrent, normalize=normalize, return_power=return_power
+        )
+        return out, h, F, power
+    res = STPNSequenceFunction.apply(*args, recurrent, normalize, return_power)
+    if return_power:
+        return res
+    return (*res, None)
+
+
 def stpn_sequence_fused(
     x: torch.Tensor,
     h: torch.Tensor,
@@ -334,15 +367,11 @@ def stpn_sequence_fused(
     normalize: bool,
     return_power: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Drop-in for `stpn_sequence_reference`: (out (B,T,H), h (B,H), F (B,H,D), power (B,T))."""
+    """Drop-in for `stpn_sequence_reference`: (out (B,T,H), h (B,H), F (B,H,D), power (B,T)).
+
+    Runs the C++ kernel (`fused_cpp`) for CPU float32/float64 tensors when it builds, and the
+    pure-torch op otherwise (CUDA, other dtypes, no compiler, or RLLIB_STPN_NO_CPP=1).
+    """
     args = (x, h, F, weight, bias, weight_lambda, weight_gamma)
-    if not (torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)):
-        # Sampling path: no saved states, F buffers recycled.
-        out, h, F, power, _ = stpn_sequence_fused_forward(
-            *args, recurrent=recurrent, normalize=normalize, return_power=return_power
-        )
-        return out, h, F, power
-    res = STPNSequenceFunction.apply(*args, recurrent, normalize, return_power)
-    if return_power:
-        return res
-    return (*res, None)
+    impl = stpn_sequence_cpp if cpp_supports(*args) else stpn_sequence_fused_torch
+    return impl(*args, recurrent=recurrent, normalize=normalize, return_power=return_power)
