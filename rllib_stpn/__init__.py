@@ -5,3 +5,36 @@ from rllib_stpn.nn import STPN, STPNState
 __version__ = "0.1.0"
 
 __all__ = ["STPN", "STPNState", "__version__"]
+
+# A2C (Ray 2.60 dropped it); registering makes tune.Tuner("A2C") and YAML `run: A2C` resolve.
+from rllib_stpn.algorithms import A2C, A2CConfig  # noqa: E402
+from rllib_stpn.algorithms.a2c import register_a2c  # noqa: E402
+
+register_a2c()
+__all__ += ["A2C", "A2CConfig"]
+
+# Env ids ("stpn/Maze-v0", ...) for gymnasium.make and Tune/RLlib; idempotent, lazy entry points.
+from rllib_stpn.envs import register_envs  # noqa: E402
+
+register_envs()
+
+# STPN states: keep one synaptic memory F per sequence start, not one per env step (default on).
+from rllib_stpn import state_storage as _state_storage  # noqa: E402
+
+_state_storage.install()
+
+# STPNModel (new stack), STPNModelV2 (old stack, custom model "stpn"), power metric, sizing helper.
+from rllib_stpn.callbacks import SynapticPowerCallback  # noqa: E402
+from rllib_stpn.model_config import count_parameters, hidden_size_for_params  # noqa: E402
+from rllib_stpn.model_v2 import STPNModelV2  # noqa: E402
+from rllib_stpn.model_v2 import register as _register_model_v2  # noqa: E402
+from rllib_stpn.rl_module import STPNModel  # noqa: E402
+
+_register_model_v2()
+__all__ += [
+    "STPNModel",
+    "STPNModelV2",
+    "SynapticPowerCallback",
+    "count_parameters",
+    "hidden_size_for_params",
+]

@@ -141,10 +141,14 @@ def uses_compact_states(config: AlgorithmConfig) -> bool:
     """
     from rllib_stpn.rl_module import STPNModel
 
-    if os.environ.get("RLLIB_STPN_COMPACT_STATES", "1") == "0" or config.is_multi_agent or not (
-        config.add_default_connectors_to_env_to_module_pipeline
-        and config.add_default_connectors_to_module_to_env_pipeline
-        and config.add_default_connectors_to_learner_pipeline
+    if (
+        os.environ.get("RLLIB_STPN_COMPACT_STATES", "1") == "0"
+        or config.is_multi_agent
+        or not (
+            config.add_default_connectors_to_env_to_module_pipeline
+            and config.add_default_connectors_to_module_to_env_pipeline
+            and config.add_default_connectors_to_learner_pipeline
+        )
     ):
         return False
     spec = config._rl_module_spec

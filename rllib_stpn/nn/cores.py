@@ -1,0 +1,301 @@
+"""Memory cores and observation encoders shared by STPNModel (new stack) and STPNModelV2 (old).
+
+Every core has one interface: `out, state, power = core(x, state, return_power=...)` with
+x (B, T, I), state a dict of (B, ...) tensors (or None for zeros), out (B, T, H) and power the
+per-step synaptic power P_t (B, T) summed over the core's synapses (SPEC section 1), or None.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rllib_stpn.nn.stpn import STPN, STPNState
+
+CORES = ("stpn", "stpnf", "lstm", "rnn", "mlp")
+ENCODERS = ("auto", "mlp")
+
+State = dict[str, torch.Tensor]
+
+
+def _gate_power(
+    x: torch.Tensor, h_prev: torch.Tensor | None, w_in: torch.Tensor, w_rec: torch.Tensor | None
+) -> torch.Tensor:
+    """P_t = sum_ij z_t[j]^2 |W[i, j]| for z_t = [x_t; h_{t-1}] and W = [W_in, W_rec] (no bias).
+
+    x (B, T, I), h_prev (B, T, H): the summation over the rows i is done once on |W|.
+    """
+    power = (x * x) @ w_in.abs().sum(0)
+    if h_prev is not None:
+        power = power + (h_prev * h_prev) @ w_rec.abs().sum(0)
+    return power
+
+
+class MemoryCore(nn.Module):
+    """Base class: sizes, the state layout, and zero initial states."""
+
+    input_size: int
+    hidden_size: int
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-sample state shapes, e.g. {"h": (H,)}; {} for a stateless core."""
+        raise NotImplementedError
+
+    def initial_state(
+        self, batch_size: int, *, device: torch.device | None = None, dtype: torch.dtype = None
+    ) -> State:
+        ref = next(self.parameters())
+        return {
+            k: torch.zeros((batch_size, *s), device=device or ref.device, dtype=dtype or ref.dtype)
+            for k, s in self.state_shapes().items()
+        }
+
+    def _state_or_zeros(self, x: torch.Tensor, state: State | None) -> State:
+        if not state:
+            return self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        expected = self.state_shapes()
+        if set(state) != set(expected):
+            raise ValueError(
+                f"state has keys {sorted(state)}, expected {sorted(expected)} for "
+                f"{type(self).__name__}"
+            )
+        return state
+
+    def forward(
+        self, x: torch.Tensor, state: State | None = None, *, return_power: bool = False
+    ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        raise NotImplementedError
+
+
+class STPNCore(MemoryCore):
+    """STPNr (`recurrent=True`) or STPNf; state {"h": (B, H), "F": (B, H*D)} with F flattened."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        recurrent: bool = True,
+        plasticity: str = "per_synapse",
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.stpn = STPN(
+            input_size,
+            hidden_size,
+            recurrent=recurrent,
+            plasticity=plasticity,
+            normalize=normalize,
+        )
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"h": (self.hidden_size,), "F": (self.hidden_size * self.stpn.synapse_size,)}
+
+    def forward(self, x, state=None, *, return_power=False):
+        state = self._state_or_zeros(x, state)
+        B, H, D = x.shape[0], self.hidden_size, self.stpn.synapse_size
+        result = self.stpn(
+            x, STPNState(state["h"], state["F"].reshape(B, H, D)), return_power=return_power
+        )
+        out, new = result[0], result[1]
+        power = result[2] if return_power else None
+        return out, {"h": new.h, "F": new.F.reshape(B, H * D)}, power
+
+
+class LSTMCore(MemoryCore):
+    """torch.nn.LSTM; state {"h", "c"}; power over all four gates' input and recurrent weights."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"h": (self.hidden_size,), "c": (self.hidden_size,)}
+
+    def forward(self, x, state=None, *, return_power=False):
+        state = self._state_or_zeros(x, state)
+        h0, c0 = state["h"], state["c"]
+        out, (h, c) = self.lstm(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
+        power = None
+        if return_power:
+            h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)
+            power = _gate_power(x, h_prev, self.lstm.weight_ih_l0, self.lstm.weight_hh_l0)
+        return out, {"h": h.squeeze(0), "c": c.squeeze(0)}, power
+
+
+class RNNCore(MemoryCore):
+    """tanh Elman RNN (torch.nn.RNN); state {"h"}; power over input and recurrent weights."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(input_size, hidden_size, nonlinearity="tanh", batch_first=True)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"h": (self.hidden_size,)}
+
+    def forward(self, x, state=None, *, return_power=False):
+        state = self._state_or_zeros(x, state)
+        h0 = state["h"]
+        out, h = self.rnn(x, h0.unsqueeze(0).contiguous())
+        power = None
+        if return_power:
+            h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)
+            power = _gate_power(x, h_prev, self.rnn.weight_ih_l0, self.rnn.weight_hh_l0)
+        return out, {"h": h.squeeze(0)}, power
+
+
+class MLPCore(MemoryCore):
+    """One tanh layer, no memory; stateless ({}); power over its weight matrix."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(input_size, hidden_size)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def forward(self, x, state=None, *, return_power=False):
+        out = torch.tanh(self.linear(x))
+        power = _gate_power(x, None, self.linear.weight, None) if return_power else None
+        return out, {}, power
+
+
+def build_core(
+    core: str,
+    input_size: int,
+    hidden_size: int,
+    *,
+    plasticity: str = "per_synapse",
+    normalize: bool = True,
+) -> MemoryCore:
+    """The memory core named `core` (one of CORES)."""
+    if core in ("stpn", "stpnf"):
+        return STPNCore(
+            input_size,
+            hidden_size,
+            recurrent=core == "stpn",
+            plasticity=plasticity,
+            normalize=normalize,
+        )
+    if core == "lstm":
+        return LSTMCore(input_size, hidden_size)
+    if core == "rnn":
+        return RNNCore(input_size, hidden_size)
+    if core == "mlp":
+        return MLPCore(input_size, hidden_size)
+    raise ValueError(f"core must be one of {CORES}, got {core!r}")
+
+
+class Encoder(nn.Module):
+    """Maps observations (B, T, *obs_shape) to features (B, T, output_size)."""
+
+    output_size: int
+
+    def __init__(self, obs_shape: tuple[int, ...], scale: float) -> None:
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        # uint8 frames are scaled to [0, 1]; other observations are passed as they are.
+        self.scale = scale
+
+    def _prepare(self, obs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        lead = obs.shape[: obs.dim() - len(self.obs_shape)]
+        if len(lead) != 2 or tuple(obs.shape[2:]) != self.obs_shape:
+            raise ValueError(
+                f"observations must have shape (B, T, *{self.obs_shape}), got {tuple(obs.shape)}"
+            )
+        x = obs.to(torch.get_default_dtype()) if not obs.is_floating_point() else obs
+        if self.scale != 1.0:
+            x = x * self.scale
+        return x, (lead[0], lead[1])
+
+
+class FlattenEncoder(Encoder):
+    """Identity for vector observations (multi-dimensional ones are flattened)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], scale: float = 1.0) -> None:
+        super().__init__(obs_shape, scale)
+        self.output_size = int(np.prod(obs_shape))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x, (B, T) = self._prepare(obs)
+        return x.reshape(B, T, self.output_size)
+
+
+class MLPEncoder(Encoder):
+    """Flattened observations through ReLU layers of sizes `hiddens`."""
+
+    def __init__(self, obs_shape: tuple[int, ...], hiddens: list[int], scale: float = 1.0) -> None:
+        super().__init__(obs_shape, scale)
+        layers: list[nn.Module] = []
+        size = int(np.prod(obs_shape))
+        for h in hiddens:
+            layers += [nn.Linear(size, h), nn.ReLU()]
+            size = h
+        self.net = nn.Sequential(*layers)
+        self.output_size = size
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x, (B, T) = self._prepare(obs)
+        return self.net(x.reshape(B, T, -1))
+
+
+class AtariCNNEncoder(Encoder):
+    """Mnih et al. 2016: conv 16 8x8 s4 -> ReLU -> conv 32 4x4 s2 -> ReLU -> flatten.
+
+    Takes (B, T, H, W, C) frames; 84x84 frames give 9*9*32 = 2592 features.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], scale: float = 1.0) -> None:
+        super().__init__(obs_shape, scale)
+        height, width, channels = obs_shape
+        if height < 20 or width < 20:
+            raise ValueError(f"the CNN encoder needs frames of at least 20x20, got {obs_shape}")
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 16, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        out_h, out_w = ((height - 8) // 4 + 1 - 4) // 2 + 1, ((width - 8) // 4 + 1 - 4) // 2 + 1
+        self.output_size = 32 * out_h * out_w
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x, (B, T) = self._prepare(obs)
+        x = x.reshape(B * T, *self.obs_shape).permute(0, 3, 1, 2)  # NHWC -> NCHW
+        return self.net(x).reshape(B, T, self.output_size)
+
+
+def build_encoder(encoder: str, obs_space: gym.Space, hiddens: list[int] | None = None) -> Encoder:
+    """Encoder for `obs_space` (a Box): "auto" = CNN for (H, W, C) images, else identity."""
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise ValueError(
+            f"STPN encoders need a Box observation space, got {obs_space}; "
+            "flatten or one-hot it first (e.g. with a FlattenObservations connector)"
+        )
+    shape = tuple(obs_space.shape)
+    scale = 1.0 / 255.0 if obs_space.dtype == np.uint8 else 1.0
+    if encoder == "auto":
+        if len(shape) == 3:
+            return AtariCNNEncoder(shape, scale)
+        return FlattenEncoder(shape, scale)
+    if encoder == "mlp":
+        return MLPEncoder(shape, list(hiddens or []), scale)
+    raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+
+
+def action_dist_input_size(action_space: gym.Space) -> int:
+    """Policy-head outputs for RLlib's default distributions: Categorical or DiagGaussian."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return int(action_space.n)
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+        return 2 * int(math.prod(action_space.shape))  # mean and log-std
+    raise ValueError(f"action space must be Discrete or a 1-D Box, got {action_space}")

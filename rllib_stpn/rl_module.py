@@ -1,0 +1,101 @@
+"""STPNModel: encoder -> memory core -> linear policy and value heads, as an RLlib RLModule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
+from torch import nn
+
+from rllib_stpn.model_config import validate_model_config
+from rllib_stpn.nn.cores import action_dist_input_size, build_core, build_encoder
+
+# Column with the per-step synaptic power each module emits while sampling.
+SYNAPTIC_POWER = "synaptic_power"
+
+
+class STPNModel(TorchRLModule, ValueFunctionAPI):
+    """Recurrent RLModule with an STPN (or baseline) memory core, for PPO, A2C, ...
+
+    Use it through `RLModuleSpec(module_class=STPNModel, model_config={...})`; the keys are
+    those of `rllib_stpn.model_config.DEFAULT_MODEL_CONFIG` (any other key raises).
+
+    State per sample (from `get_initial_state()`): {"h": (H,), "F": (H*D,)} for the STPN cores,
+    {"h", "c"} for "lstm", {"h"} for "rnn", and {} for "mlp" (stateless: no time axis).
+
+    While sampling (`forward_exploration`/`forward_inference`) the output also holds
+    "synaptic_power": the power P_t of SPEC section 1 divided by `hidden_size`, i.e. the mean
+    per postsynaptic neuron that the paper reports, one value per sample and step.
+    """
+
+    @override(TorchRLModule)
+    def setup(self) -> None:
+        cfg = validate_model_config(self.model_config)
+        self.model_config = cfg  # completed with defaults: RLlib reads "max_seq_len" from it
+        self.encoder = build_encoder(cfg["encoder"], self.observation_space, cfg["encoder_hiddens"])
+        self.core = build_core(
+            cfg["core"],
+            self.encoder.output_size,
+            cfg["hidden_size"],
+            plasticity=cfg["plasticity"],
+            normalize=cfg["normalize"],
+        )
+        self.pi = nn.Linear(cfg["hidden_size"], action_dist_input_size(self.action_space))
+        self.vf = nn.Linear(cfg["hidden_size"], 1)
+        self._recurrent = bool(self.core.state_shapes())
+
+    @property
+    def num_parameters(self) -> int:
+        """Trainable parameters (encoder, core and heads)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @override(TorchRLModule)
+    def get_initial_state(self) -> dict[str, np.ndarray]:
+        return {k: np.zeros(s, np.float32) for k, s in self.core.state_shapes().items()}
+
+    def _embed(
+        self, batch: dict[str, Any], return_power: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
+        # Recurrent modules get (B, T, ...) observations from RLlib's connectors; stateless
+        # ones get (B, ...), run here as T=1.
+        obs = batch[Columns.OBS]
+        if not self._recurrent:
+            obs = obs.unsqueeze(1)
+        x = self.encoder(obs)
+        out, state, power = self.core(x, batch.get(Columns.STATE_IN), return_power=return_power)
+        if not self._recurrent:
+            out = out.squeeze(1)
+            power = power.squeeze(1) if power is not None else None
+        return out, state, power
+
+    @override(TorchRLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """Sampling pass (inference and exploration): logits, next state, synaptic power."""
+        emb, state, power = self._embed(batch, self.model_config["measure_power"])
+        out = {Columns.ACTION_DIST_INPUTS: self.pi(emb)}
+        if self._recurrent:
+            out[Columns.STATE_OUT] = state
+        if power is not None:
+            out[SYNAPTIC_POWER] = power / self.core.hidden_size
+        return out
+
+    @override(TorchRLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        emb, state, _ = self._embed(batch, False)
+        out = {Columns.ACTION_DIST_INPUTS: self.pi(emb), Columns.EMBEDDINGS: emb}
+        if self._recurrent:
+            out[Columns.STATE_OUT] = state
+        return out
+
+    @override(ValueFunctionAPI)
+    def compute_values(
+        self, batch: dict[str, Any], embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if embeddings is None:
+            embeddings, _, _ = self._embed(batch, False)
+        return self.vf(embeddings).squeeze(-1)
