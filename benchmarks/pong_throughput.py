@@ -66,7 +66,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
     runner_pid = algo.env_runner_group.foreach_env_runner(
         lambda r: os.getpid(), local_env_runner=False
     )[0]
-    learner_pid = algo.learner_group.foreach_learner(lambda learner: os.getpid())[0]
+    learner_pid = next(iter(algo.learner_group.foreach_learner(lambda learner: os.getpid()))).get()
     runner_rss_built, _ = _peak_rss_mb(runner_pid)
     algo.train()  # warm-up: first calls allocate and compile
     steps_per_iter = envs * rollout
@@ -101,10 +101,11 @@ def main() -> None:
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1, got {getattr(args, key)}")
     if args.one:
-        print(
-            "RESULT " + json.dumps(run_variant(args.one, args.envs, args.rollout, args.iterations))
-        )
-        return
+        result = run_variant(args.one, args.envs, args.rollout, args.iterations)
+        print("RESULT " + json.dumps(result), flush=True)
+        # Ray Train's learner workers try to shut down again at interpreter exit, after
+        # ray.shutdown(), and fail there; the measurement is complete, so leave directly.
+        os._exit(0)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
