@@ -1,13 +1,16 @@
 """A2C on stpn/Pong-v0 with the paper's network: STPN H=64 vs LSTM H=48, same settings on CPU.
 
-Reports environment steps per second and the peak resident memory (VmHWM) of the env runner and
-the learner processes, for:
+Reports environment steps per second, the peak resident memory (VmHWM) of the env runner and
+the learner processes, and the env runner's memory per sampled step: the growth of its resident
+memory over the timed iterations divided by the steps sampled in them. RLlib's env runner keeps
+every chunk of an ongoing episode until the episode ends (for its episode metrics), so while no
+Pong episode ends (they last ~800 steps) that growth is what each sampled step costs. Variants:
 - stpn          STPNModel with the plugin's compact state storage (the default);
 - stpn-default  the same with RLlib's default path (every step's F kept in the episode);
 - lstm          STPNModel with the LSTM core.
 Each variant runs in a fresh process with its own Ray instance, so the peaks are its own.
 
-    python benchmarks/pong_throughput.py                 # 8 envs x 50 steps, 3 timed iterations
+    python benchmarks/pong_throughput.py                 # 8 envs x 50 steps, 5 timed iterations
     python benchmarks/pong_throughput.py --envs 64       # the paper's 64 environments
 """
 
@@ -67,12 +70,14 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         lambda r: os.getpid(), local_env_runner=False
     )[0]
     learner_pid = next(iter(algo.learner_group.foreach_learner(lambda learner: os.getpid()))).get()
-    runner_rss_built, _ = _peak_rss_mb(runner_pid)
     algo.train()  # warm-up: first calls allocate and compile
+    runner_rss_warm, _ = _peak_rss_mb(runner_pid)
     steps_per_iter = envs * rollout
+    episodes_ended = 0
     start = time.perf_counter()
     for _ in range(iterations):
-        algo.train()
+        result = algo.train()
+        episodes_ended += result["env_runners"].get("num_episodes", 0)
     elapsed = time.perf_counter() - start
     runner_rss, runner_peak = _peak_rss_mb(runner_pid)
     _, learner_peak = _peak_rss_mb(learner_pid)
@@ -84,7 +89,8 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         "parameters": params,
         "env_steps_per_s": steps_per_iter * iterations / elapsed,
         "runner_peak_mb": runner_peak,
-        "runner_growth_kb_per_step": (runner_peak - runner_rss_built) * 1024 / steps_per_iter,
+        "runner_kb_per_step": (runner_rss - runner_rss_warm) * 1024 / (steps_per_iter * iterations),
+        "episodes_ended": episodes_ended,
         "learner_peak_mb": learner_peak,
     }
 
@@ -93,7 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=8, help="environments (the paper used 64)")
     parser.add_argument("--rollout", type=int, default=50, help="rollout length = max_seq_len")
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
+    parser.add_argument("--iterations", type=int, default=5, help="timed iterations")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
@@ -122,26 +128,29 @@ def main() -> None:
         results[name] = json.loads(lines[-1][len("RESULT ") :])
 
     print(f"A2C on stpn/Pong-v0, {args.envs} envs x {args.rollout} steps, CPU")
-    header = f"{'variant':<14}{'params':>9}{'steps/s':>10}{'runner peak MB':>16}"
-    header += f"{'runner KB/step':>16}{'learner peak MB':>17}"
+    header = f"{'variant':<14}{'params':>9}{'steps/s':>10}{'runner peak MiB':>16}"
+    header += f"{'runner KiB/step':>16}{'learner peak MiB':>17}{'episodes ended':>16}"
     print(header)
     for r in results.values():
         print(
             f"{r['variant']:<14}{r['parameters']:>9}{r['env_steps_per_s']:>10.1f}"
-            f"{r['runner_peak_mb']:>16.0f}{r['runner_growth_kb_per_step']:>16.1f}"
-            f"{r['learner_peak_mb']:>17.0f}"
+            f"{r['runner_peak_mb']:>16.0f}{r['runner_kb_per_step']:>16.1f}"
+            f"{r['learner_peak_mb']:>17.0f}{r['episodes_ended']:>16}"
         )
     if "stpn" in results and "lstm" in results:
         s, lstm = results["stpn"], results["lstm"]
         print(f"throughput STPN / LSTM: {s['env_steps_per_s'] / lstm['env_steps_per_s']:.2f}x")
+        ratio = s["runner_kb_per_step"] / lstm["runner_kb_per_step"]
+        print(f"env-runner memory per sampled step STPN / LSTM: {ratio:.2f}x")
         ratio = s["runner_peak_mb"] / lstm["runner_peak_mb"]
         print(f"env-runner peak memory STPN / LSTM: {ratio:.2f}x")
     if "stpn" in results and "stpn-default" in results:
         s, d = results["stpn"], results["stpn-default"]
         print(
-            f"env-runner peak memory, compact / RLlib default path: "
-            f"{s['runner_peak_mb'] / d['runner_peak_mb']:.2f}x; "
-            f"throughput: {s['env_steps_per_s'] / d['env_steps_per_s']:.2f}x"
+            f"compact / RLlib default path: env-runner memory per sampled step "
+            f"{s['runner_kb_per_step'] / d['runner_kb_per_step']:.2f}x, peak "
+            f"{s['runner_peak_mb'] / d['runner_peak_mb']:.2f}x, "
+            f"throughput {s['env_steps_per_s'] / d['env_steps_per_s']:.2f}x"
         )
 
 

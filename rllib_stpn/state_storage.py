@@ -6,11 +6,12 @@ memory F is H x D floats (680 KB per step at the Pong size), so a rollout's stat
 frames and are shipped between processes for nothing.
 
 Here the F part of STATE_OUT never enters the episode's per-step columns. A module-to-env piece
-moves it to `episode.custom_data`, keeping:
-- the current F, which the next forward pass needs;
-- the F the chunk started from (the previous chunk's last state), for the learner's first
-  sequence of a continued episode;
-- the F of every step whose STATE_OUT the learner reads: steps m-1, 2m-1, ... of the chunk.
+moves it to a `SynapticStates` object in `episode.custom_data`, keeping:
+- the current F, which the next forward pass needs: one per episode, shared by its chunks and
+  never shipped to the learner;
+- the F each training sequence of the chunk starts from: the previous chunk's last state for
+  the first one (None at an episode's start), then the STATE_OUT of steps m-1, 2m-1, ...
+  (m = `max_seq_len`), which is exactly what the learner reads.
 Two replacements of RLlib's `AddStatesFromEpisodesToBatch` (env-to-module and learner) put F
 back, so the module and the training batch see exactly the STATE_IN of RLlib's default path.
 
@@ -39,10 +40,69 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.numpy import convert_to_numpy
 
 F_KEY = "F"
-_CURRENT = "stpn_F_current"  # F after the latest forward pass
-_LOOKBACK = "stpn_F_lookback"  # F this chunk started from (None at an episode's start)
-_KEPT = "stpn_F_kept"  # {chunk index: F} of the STATE_OUTs the learner reads
-_CHUNK = "stpn_F_chunk"  # `t_started` of the chunk these entries belong to
+STATES_KEY = "stpn_synaptic_states"  # the `custom_data` key of an episode chunk's SynapticStates
+
+
+class _CurrentF:
+    """The F after an episode's latest forward pass, shared by all chunks of the episode."""
+
+    __slots__ = ("F",)
+
+    def __init__(self) -> None:
+        self.F: np.ndarray | None = None
+
+
+class SynapticStates:
+    """What an episode chunk keeps of F: the start state of each of its training sequences.
+
+    `lookback` is the F the chunk's first sequence starts from (None at an episode's start) and
+    `kept[i]` the STATE_OUT F of chunk steps i = m-1, 2m-1, ... (m = `max_seq_len`), from which
+    the learner's later sequences start (RLlib's learners append one artificial step to each
+    chunk, so the last step's state is needed when the chunk length is a multiple of m). These
+    arrays are never written to; a chunk's last `kept` entry is the very array its continuation
+    uses as `lookback`, so a 50-step chunk of the paper's Pong setting adds one F, not two.
+    `current` holds the episode's live F and is shared by all its chunks; `cut_from` is the
+    chunk this one continues, until its F is released (see MoveSynapticStateToEpisode).
+    """
+
+    __slots__ = ("current", "chunk", "lookback", "kept", "cut_from", "released")
+
+    def __init__(self, current: _CurrentF | None = None) -> None:
+        self.current = current if current is not None else _CurrentF()
+        self.chunk: int | None = None  # `t_started` of the chunk the entries below belong to
+        self.lookback: np.ndarray | None = None
+        self.kept: dict[int, np.ndarray] = {}
+        self.cut_from: SynapticStates | None = None
+        self.released = False
+
+    def __deepcopy__(self, memo: dict) -> SynapticStates:
+        # `SingleAgentEpisode.cut()` deep-copies `custom_data` into the continuation: share the
+        # episode's live F and the (read-only) arrays instead of copying 680 KB each.
+        other = SynapticStates(self.current)
+        other.chunk, other.lookback, other.kept = self.chunk, self.lookback, dict(self.kept)
+        other.cut_from = self
+        return other
+
+    def __getstate__(self) -> dict:
+        # Only the env runner stepping the episode needs the live F: a chunk shipped to the
+        # learner carries what the learner reads, not 680 KB more at the Pong size.
+        return {"chunk": self.chunk, "lookback": self.lookback, "kept": self.kept}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.chunk, self.lookback, self.kept = state["chunk"], state["lookback"], state["kept"]
+
+
+def _missing_state(ep: Any) -> RuntimeError:
+    states = ep.custom_data.get(STATES_KEY)
+    if states is not None and states.released:
+        why = "were released after its remote env runner returned it"
+    else:
+        why = "are missing (was it sampled without rllib_stpn's compact state storage?)"
+    return RuntimeError(
+        f"the synaptic states of episode {ep.id_} (chunk from t={ep.t_started}) {why}; set "
+        "RLLIB_STPN_COMPACT_STATES=0 before ray.init to use RLlib's default path throughout"
+    )
 
 
 def _single_module(rl_module: Any, sa_episode: Any) -> Any:
@@ -51,8 +111,27 @@ def _single_module(rl_module: Any, sa_episode: Any) -> Any:
     return rl_module
 
 
+def _in_ray_actor() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 class MoveSynapticStateToEpisode(ConnectorV2):
-    """Module-to-env: takes F out of STATE_OUT and keeps what is needed in `custom_data`."""
+    """Module-to-env: takes F out of STATE_OUT and keeps what is needed (see SynapticStates).
+
+    A remote env runner also keeps every chunk it has returned until the episode ends, for its
+    episode metrics. Those chunks left the process serialized when `sample()` returned, so in a
+    remote runner (`release_returned_chunks`, the default there) the first forward pass of a
+    continued chunk drops the F its predecessor kept; memory then no longer grows with the
+    steps of an episode. A local runner keeps them: its episodes reach the learner by reference.
+    """
+
+    def __init__(self, *args, release_returned_chunks: bool | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if release_returned_chunks is None:
+            release_returned_chunks = _in_ray_actor()
+        self.release_returned_chunks = release_returned_chunks
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         state_out = batch.get(Columns.STATE_OUT)
@@ -62,19 +141,30 @@ class MoveSynapticStateToEpisode(ConnectorV2):
         for i, ep in enumerate(
             self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True)
         ):
-            data = ep.custom_data
-            if data.get(_CHUNK) != ep.t_started:
-                # First forward pass of a new episode or of a chunk continued after a cut
-                # (`cut()` deep-copies custom_data, so the last F is carried over).
-                data[_LOOKBACK] = data.get(_CURRENT) if ep.t_started > 0 else None
-                data[_KEPT] = {}
-                data[_CHUNK] = ep.t_started
-            f = F[i]
-            data[_CURRENT] = f
+            states = ep.custom_data.get(STATES_KEY)
+            if states is None:
+                states = ep.custom_data[STATES_KEY] = SynapticStates()
+            if states.chunk != ep.t_started:
+                # The first forward pass of an episode or of a chunk continued after a cut.
+                previous = states.current.F  # the previous chunk's last STATE_OUT
+                if ep.t_started == 0:
+                    states.lookback = None
+                elif previous is None:
+                    raise _missing_state(ep)
+                else:
+                    # A row of the last batch is copied, so that it does not keep the whole
+                    # batch alive; an array of its own (a `kept` entry) is shared.
+                    states.lookback = previous if previous.base is None else previous.copy()
+                states.chunk = ep.t_started
+                states.kept = {}
+                returned, states.cut_from = states.cut_from, None
+                if returned is not None and self.release_returned_chunks:
+                    returned.lookback, returned.kept, returned.released = None, {}, True
             index = len(ep)  # the chunk index this STATE_OUT will be stored at
-            max_seq_len = _single_module(rl_module, ep).model_config["max_seq_len"]
-            if (index + 1) % max_seq_len == 0:
-                data[_KEPT][index] = f.copy()  # a copy: the row must not pin the whole batch
+            f = F[i]
+            if (index + 1) % _single_module(rl_module, ep).model_config["max_seq_len"] == 0:
+                f = states.kept[index] = f.copy()
+            states.current.F = f
         return batch
 
 
@@ -93,11 +183,14 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
     def _add_next_states(self, rl_module, batch, episodes) -> None:
         for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True):
             module = _single_module(rl_module, ep)
-            if (ep.t_started == 0 and len(ep) == 0) or _CURRENT not in ep.custom_data:
+            states = ep.custom_data.get(STATES_KEY)
+            if ep.t_started == 0 and len(ep) == 0:
                 state = convert_to_numpy(module.get_initial_state())
+            elif states is None or states.current.F is None:
+                raise _missing_state(ep)
             else:
                 state = dict(ep.get_extra_model_outputs(key=Columns.STATE_OUT, indices=-1))
-                state[F_KEY] = ep.custom_data[_CURRENT]
+                state[F_KEY] = states.current.F
             self.add_batch_item(batch, Columns.STATE_IN, state, single_agent_episode=ep)
 
     def _add_training_states(self, rl_module, batch, episodes) -> None:
@@ -106,8 +199,10 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
             if not module.is_stateful():
                 continue
             max_seq_len = module.model_config["max_seq_len"]
-            data = ep.custom_data
-            if ep.t_started == 0 or data.get(_LOOKBACK) is None:
+            states = ep.custom_data.get(STATES_KEY)
+            if states is None or states.released or (ep.t_started > 0 and states.lookback is None):
+                raise _missing_state(ep)
+            if ep.t_started == 0:
                 first = convert_to_numpy(module.get_initial_state())
             else:
                 first = dict(
@@ -115,15 +210,15 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
                         key=Columns.STATE_OUT, indices=-1, neg_index_as_lookback=True
                     )
                 )
-                first[F_KEY] = data[_LOOKBACK]
+                first[F_KEY] = states.lookback
             num_seqs = int(math.ceil(len(ep) / max_seq_len))
-            states = [first]
+            starts = [first]
             for k in range(1, num_seqs):
                 index = k * max_seq_len - 1
                 state = dict(ep.get_extra_model_outputs(key=Columns.STATE_OUT, indices=index))
-                state[F_KEY] = data[_KEPT][index]
-                states.append(state)
-            stacked = {key: np.stack([s[key] for s in states]) for key in first}
+                state[F_KEY] = states.kept[index]
+                starts.append(state)
+            stacked = {key: np.stack([s[key] for s in starts]) for key in first}
             self.add_n_batch_items(
                 batch=batch,
                 column=Columns.STATE_IN,

@@ -102,6 +102,33 @@ def test_fused_matches_reference_float32(recurrent, plasticity, normalize, with_
         assert _rel_err(grads_f[name], g) < 1e-4, name
 
 
+def test_deterministic_mode_gives_the_same_results(backend):
+    """RLlib turns on torch's deterministic algorithms when a seed is set on a CPU-only torch;
+    the op then allocates its buffers differently (the C++ one skips torch's NaN fill)."""
+    torch.manual_seed(12)
+    fused, _ = _pair(True, "per_synapse", True, 5, 6)
+    x = torch.randn(3, 7, 5)
+    weights = {
+        "out": torch.randn(3, 7, 6),
+        "h": torch.randn(3, 6),
+        "F": torch.randn(3, 6, fused.synapse_size),
+        "power": torch.randn(3, 7),
+    }
+    results = []
+    for deterministic in (False, True):
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(deterministic)
+        try:
+            fused.zero_grad()
+            loss, out, st, power = _run(fused, x, None, weights, weights.keys())
+            loss.backward()
+        finally:
+            torch.use_deterministic_algorithms(previous)
+        results.append([out, st.h, st.F, power] + [p.grad.clone() for p in fused.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("parts", [("out",), ("h",), ("F",), ("power",), ("out", "power")])
 def test_partial_losses_match_reference(parts, backend):
     """Outputs without a gradient reach the backward as None: every such path must be right."""

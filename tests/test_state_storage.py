@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
+import pytest
 import torch
 from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from rllib_stpn.rl_module import STPNModel
 from rllib_stpn.state_storage import (
+    STATES_KEY,
     AddSynapticStatesToBatch,
     MoveSynapticStateToEpisode,
     uses_compact_states,
 )
 
+Mover = MoveSynapticStateToEpisode
+
 MAX_SEQ_LEN = 4
 
 
-def make_config(core: str = "stpn") -> PPOConfig:
+def make_config(core: str = "stpn", rollout: int = 7) -> PPOConfig:
     return (
         PPOConfig()
         .environment("CartPole-v1")
-        .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=7)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=rollout)
         .rl_module(
             rl_module_spec=RLModuleSpec(
                 module_class=STPNModel,
@@ -34,22 +41,36 @@ def make_config(core: str = "stpn") -> PPOConfig:
     )
 
 
-def sample_and_learner_batch(monkeypatch, compact: bool, num_samples: int = 3):
-    """Episodes from `num_samples` rollouts and the learner connector's batch for the last one."""
+def sample_and_learner_batch(
+    monkeypatch, compact: bool, num_samples: int = 3, rollout: int = 7, release: bool = False
+):
+    """Episodes from `num_samples` rollouts and the learner connector's batch for each.
+
+    The episodes reach the learner connector pickled, as Ray ships them from the env runner; the
+    returned episodes are the env runner's own objects.
+    """
     monkeypatch.setenv("RLLIB_STPN_COMPACT_STATES", "1" if compact else "0")
-    config = make_config()
+    config = make_config(rollout=rollout)
     torch.manual_seed(0)
     runner = SingleAgentEnvRunner(config=config)
+    if compact:  # what a remote env runner does (see test_remote_env_runners_release_...)
+        (mover,) = [c for c in runner._module_to_env.connectors if isinstance(c, Mover)]
+        assert mover.release_returned_chunks is False  # the default outside a Ray actor
+        mover.release_returned_chunks = release
     learner_connector = config.build_learner_connector(
         runner.env.single_observation_space, runner.env.single_action_space
     )
     learner_connector.remove("NumpyToTensor")  # compare the numpy batches
+    # PPO's and A2C's learners add one artificial step per chunk (for the value bootstrap).
+    learner_connector.prepend(AddOneTsToEpisodesAndTruncate())
     batches, all_episodes = [], []
     for _ in range(num_samples):
         episodes = runner.sample(explore=False)
         all_episodes.append(episodes)
-        module = runner.module
-        batch = learner_connector(rl_module=module, batch={}, episodes=episodes, shared_data={})
+        shipped = pickle.loads(pickle.dumps(episodes))
+        batch = learner_connector(
+            rl_module=runner.module, batch={}, episodes=shipped, shared_data={}
+        )
         batches.append(batch)
     return runner, all_episodes, batches
 
@@ -65,19 +86,41 @@ def test_pipelines_are_swapped_only_for_stpn_cores(monkeypatch):
     assert any(isinstance(c, MoveSynapticStateToEpisode) for c in runner._module_to_env.connectors)
 
 
-def test_episodes_store_no_per_step_synaptic_state(monkeypatch):
-    _, episodes, _ = sample_and_learner_batch(monkeypatch, compact=True, num_samples=1)
-    for ep in episodes[0]:
-        state_outs = ep.get_extra_model_outputs(key=Columns.STATE_OUT)
-        assert set(state_outs) == {"h"}
-        kept = ep.custom_data["stpn_F_kept"]
-        assert all((i + 1) % MAX_SEQ_LEN == 0 for i in kept)
+@pytest.mark.parametrize("rollout", [7, 2 * MAX_SEQ_LEN])
+def test_chunks_keep_one_synaptic_state_per_sequence(monkeypatch, rollout):
+    """No per-step F; a chunk holds one F per training sequence, none shipped twice in memory."""
+    runner, episodes, _ = sample_and_learner_batch(
+        monkeypatch, compact=True, num_samples=3, rollout=rollout
+    )
+    F_size = np.asarray(runner.module.get_initial_state()["F"]).size
+    last_kept = {}  # episode id -> (chunk end, F kept at the chunk's last step)
+    for ep in [ep for eps in episodes for ep in eps]:
+        assert set(ep.get_extra_model_outputs(key=Columns.STATE_OUT)) == {"h"}
+        states = ep.custom_data[STATES_KEY]
+        assert sorted(states.kept) == list(range(MAX_SEQ_LEN - 1, len(ep), MAX_SEQ_LEN))
+        starts = [states.lookback] if ep.t_started > 0 else []
+        starts += list(states.kept.values())
+        # The learner's sequences over the chunk plus its one artificial step, less the zero
+        # initial state at an episode's start.
+        assert len(starts) == -(-(len(ep) + 1) // MAX_SEQ_LEN) - (ep.t_started == 0)
+        assert all(f.shape == (F_size,) and f.base is None for f in starts)  # no batch pinned
+        end, f = last_kept.get(ep.id_, (None, None))
+        if end == ep.t_started and f is not None:
+            assert states.lookback is f  # the previous chunk's last kept F, shared
+        last_kept[ep.id_] = (ep.t, states.kept.get(len(ep) - 1))
+        shipped = pickle.loads(pickle.dumps(ep))
+        assert shipped.custom_data[STATES_KEY].current.F is None  # the live F stays here
 
 
-def test_state_in_equals_rllib_default_path(monkeypatch):
+@pytest.mark.parametrize("rollout,release", [(7, False), (2 * MAX_SEQ_LEN, False), (7, True)])
+def test_state_in_equals_rllib_default_path(monkeypatch, rollout, release):
     """Same seeds, greedy actions: identical STATE_IN, across rollout boundaries too."""
-    _, eps_default, batches_default = sample_and_learner_batch(monkeypatch, compact=False)
-    _, eps_compact, batches_compact = sample_and_learner_batch(monkeypatch, compact=True)
+    _, eps_default, batches_default = sample_and_learner_batch(
+        monkeypatch, compact=False, rollout=rollout
+    )
+    _, eps_compact, batches_compact = sample_and_learner_batch(
+        monkeypatch, compact=True, rollout=rollout, release=release
+    )
     for ed, ec in zip(eps_default, eps_compact):
         for a, b in zip(ed, ec):
             np.testing.assert_array_equal(a.get_actions(), b.get_actions())
@@ -94,6 +137,36 @@ def test_state_in_equals_rllib_default_path(monkeypatch):
             if ep.t_started > 0:
                 assert np.abs(np.asarray(sc["F"])[row]).sum() > 0
                 boundary_rows += 1
-            row += -(-len(ep) // MAX_SEQ_LEN)
+            row += -(-(len(ep) + 1) // MAX_SEQ_LEN)  # with the artificial step
         assert row == len(sc["F"])
     assert boundary_rows > 0
+
+
+def test_returned_chunks_release_their_synaptic_states(monkeypatch):
+    """With release on, a returned chunk drops its F once its episode moves on; the learner
+    then refuses it with a clear error instead of training from wrong states."""
+    runner, episodes, _ = sample_and_learner_batch(
+        monkeypatch, compact=True, num_samples=2, release=True
+    )
+    continued = {ep.id_ for ep in episodes[1] if ep.t_started > 0}
+    released = [ep for ep in episodes[0] if ep.id_ in continued]
+    assert released
+    for ep in released:
+        states = ep.custom_data[STATES_KEY]
+        assert states.released and states.lookback is None and states.kept == {}
+    learner_connector = make_config().build_learner_connector(
+        runner.env.single_observation_space, runner.env.single_action_space
+    )
+    with pytest.raises(RuntimeError, match="released after its remote env runner returned it"):
+        learner_connector(rl_module=runner.module, batch={}, episodes=released, shared_data={})
+
+
+def test_remote_env_runners_release_returned_chunks(ray_session):
+    @ray_session.remote
+    class Probe:  # an actor, as RLlib's remote env runners are
+        def release(self) -> bool:
+            return MoveSynapticStateToEpisode().release_returned_chunks
+
+    probe = Probe.remote()
+    assert ray_session.get(probe.release.remote()) is True
+    assert MoveSynapticStateToEpisode().release_returned_chunks is False

@@ -44,6 +44,7 @@ DISABLE_ENV = "RLLIB_STPN_NO_CPP"
 
 _CPP_SOURCE = r"""
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <omp.h>
@@ -311,6 +312,13 @@ Tensor advise_huge(Tensor t) {
   return t;
 }
 
+// A buffer the kernels write in full before reading. Not `at::empty`: with deterministic
+// algorithms on (RLlib turns them on when a seed is set and no CUDA is present) that fills every
+// new tensor with NaN first, which for the saved states cost more than the whole forward pass.
+Tensor uninit(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  return Tensor(at::detail::empty_cpu(sizes, o));
+}
+
 template <typename T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
@@ -329,13 +337,13 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
   const Tensor bias = opt_contig(bias_);
   const int64_t B = x.size(0), Tn = x.size(1), I = x.size(2), H = W.size(0), D = W.size(1);
   const auto o = x.options();
-  Tensor out = at::empty({B, Tn, H}, o), S = at::empty({B, Tn, H}, o);
-  Tensor N = normalize ? at::empty({B, Tn, H}, o) : at::empty({0}, o);
-  Tensor R = normalize ? at::empty({B, Tn, H}, o) : at::empty({0}, o);
-  Tensor P = power ? at::empty({B, Tn, H}, o) : at::empty({0}, o);
-  Tensor FT = at::empty({B, H, D}, o);
-  Tensor Fs = (keep && Tn > 1) ? advise_huge(at::empty({Tn - 1, B, H, D}, o)) : at::empty({0}, o);
-  Tensor spare = (!keep && Tn > 1) ? at::empty({B, H, D}, o) : at::empty({0}, o);
+  Tensor out = uninit({B, Tn, H}, o), S = uninit({B, Tn, H}, o);
+  Tensor N = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  Tensor R = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  Tensor P = power ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  Tensor FT = uninit({B, H, D}, o);
+  Tensor Fs = (keep && Tn > 1) ? advise_huge(uninit({Tn - 1, B, H, D}, o)) : uninit({0}, o);
+  Tensor spare = (!keep && Tn > 1) ? uninit({B, H, D}, o) : uninit({0}, o);
   const int nt = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T = scalar_t;
@@ -376,7 +384,7 @@ std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Ten
   TORCH_CHECK(gF.is_contiguous(), "stpn_backward: gF must be contiguous");
   const bool power = g_P.defined();
   const int64_t B = x.size(0), Tn = x.size(1), I = x.size(2), H = W.size(0), D = W.size(1);
-  Tensor dx = at::empty_like(x), dh0 = at::empty_like(h0);
+  Tensor dx = uninit(x.sizes(), x.options()), dh0 = uninit(h0.sizes(), h0.options());
   Tensor dW = at::zeros_like(W), dL = at::zeros_like(W), dG = at::zeros_like(W);
   Tensor db = at::zeros({H}, W.options());
   const int nt = at::get_num_threads();
