@@ -23,7 +23,7 @@ POWER_COLUMN = "synaptic_power"
 
 def find_checkpoint(path: str | Path) -> Path:
     """The RLlib checkpoint at ``path``, or the newest one below it (trial or experiment dir)."""
-    path = Path(path).expanduser()
+    path = Path(path).expanduser().absolute()  # RLlib's restore takes a relative path for a URI
     if not path.exists():
         raise ExperimentError(f"checkpoint not found: {path}")
     if (path / "rllib_checkpoint.json").is_file():

@@ -583,6 +583,8 @@ def run_experiment(
     algo_cls = resolve_algorithm(experiment.run)
     checkpoint_config = _checkpoint_config(experiment.checkpoint_config, checkpoint_freq)
     storage = experiment.storage_path or "~/ray_results"
+    if "://" not in storage:  # a local path: Tune and pyarrow want it absolute
+        storage = os.path.abspath(os.path.expanduser(storage))
     return tune.run(
         algo_cls,
         name=experiment.name,

@@ -37,7 +37,9 @@ maze-tiny:
 """
 
 
-def _rllib(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _rllib(
+    *args: str, timeout: float = 240, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray
     return subprocess.run(
         [sys.executable, "-m", "rllib_stpn", *args],
@@ -45,6 +47,7 @@ def _rllib(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -54,18 +57,19 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     spec = root / "tiny.yaml"
     spec.write_text(TINY)
-    proc = _rllib(
+    proc = _rllib(  # relative paths, as a user types them
         "train",
         "file",
-        str(spec),
+        "tiny.yaml",
         "--storage-path",
-        str(root / "results"),
+        "results",
         "--stop",
         '{"training_iteration": 2}',
         "--checkpoint-freq",
         "1",
         "--num-cpus",
         "2",
+        cwd=root,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "results" / "maze-tiny", proc
@@ -102,8 +106,9 @@ def test_evaluate_checkpoint(trained, tmp_path):
     run_dir, _ = trained
     trial = _trials(run_dir)[0]
     out = tmp_path / "eval.json"
+    relative = trial.relative_to(run_dir.parent) / "checkpoint_000001"
     proc = _rllib(
-        "evaluate", str(trial / "checkpoint_000001"), "--episodes", "3", "--out", str(out)
+        "evaluate", str(relative), "--episodes", "3", "--out", str(out), cwd=run_dir.parent
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "synaptic power / step" in proc.stdout
