@@ -1,10 +1,13 @@
 """A2C on stpn/Pong-v0 with the paper's network: STPN H=64 vs LSTM H=48, same settings on CPU.
 
 Reports environment steps per second, the peak resident memory (VmHWM) of the env runner and
-the learner processes, and the env runner's memory per sampled step: the growth of its resident
-memory over the timed iterations divided by the steps sampled in them. RLlib's env runner keeps
-every chunk of an ongoing episode until the episode ends (for its episode metrics), so while no
-Pong episode ends (they last ~800 steps) that growth is what each sampled step costs. Variants:
+the learner processes, and the env runner's memory per sampled step, two ways: the growth of its
+resident memory (RSS) over the timed iterations, and the growth of the numpy data reachable from
+the episodes it holds, each divided by the steps sampled in them. RLlib's env runner keeps every
+chunk of an ongoing episode until the episode ends (for its episode metrics), so while no Pong
+episode ends (they last ~800 steps) that growth is what each sampled step costs. The data figure
+is exact; the RSS one also carries the allocator's fragmentation and varies from run to run.
+Variants:
 - stpn          STPNModel with the plugin's compact state storage (the default);
 - stpn-default  the same with RLlib's default path (every step's F kept in the episode);
 - lstm          STPNModel with the LSTM core.
@@ -40,8 +43,40 @@ def _peak_rss_mb(pid: int | None = None) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def _episode_data_bytes(runner) -> int:
+    """Bytes of the numpy data reachable from the episodes an env runner holds.
+
+    Roots: its ongoing chunks, the chunks it has returned but keeps for episode metrics, and
+    finished episodes not yet reported (private attributes of RLlib's SingleAgentEnvRunner). Each
+    array's memory is counted once, through the array that owns it, so a row that pins a whole
+    batch counts as the batch.
+    """
+    import gc
+    import types
+
+    import numpy as np
+
+    roots = [runner._ongoing_episodes, runner._ongoing_episodes_for_metrics]
+    roots.append(runner._done_episodes_for_metrics)
+    seen, owners, total, stack = set(), set(), 0, roots
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            while isinstance(obj.base, np.ndarray):
+                obj = obj.base
+            if id(obj) not in owners:
+                owners.add(id(obj))
+                total += obj.nbytes
+            continue
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
 def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
-    """Build, warm up one iteration, then time `iterations` A2C iterations."""
+    """Build, warm up two iterations, then time `iterations` A2C iterations."""
     import ray
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
@@ -70,8 +105,15 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         lambda r: os.getpid(), local_env_runner=False
     )[0]
     learner_pid = next(iter(algo.learner_group.foreach_learner(lambda learner: os.getpid()))).get()
-    algo.train()  # warm-up: first calls allocate and compile
+    held = lambda: algo.env_runner_group.foreach_env_runner(  # noqa: E731
+        _episode_data_bytes, local_env_runner=False
+    )[0]
+    # Warm-up: the first calls allocate and compile, and only the second rollout of an episode
+    # reaches the steady state of the compact storage (one chunk's start F, one F kept).
+    for _ in range(2):
+        algo.train()
     runner_rss_warm, _ = _peak_rss_mb(runner_pid)
+    held_warm = held()
     steps_per_iter = envs * rollout
     episodes_ended = 0
     start = time.perf_counter()
@@ -80,6 +122,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         episodes_ended += result["env_runners"].get("num_episodes", 0)
     elapsed = time.perf_counter() - start
     runner_rss, runner_peak = _peak_rss_mb(runner_pid)
+    held_end = held()
     _, learner_peak = _peak_rss_mb(learner_pid)
     params = algo.get_module().num_parameters
     algo.stop()
@@ -90,6 +133,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         "env_steps_per_s": steps_per_iter * iterations / elapsed,
         "runner_peak_mb": runner_peak,
         "runner_kb_per_step": (runner_rss - runner_rss_warm) * 1024 / (steps_per_iter * iterations),
+        "episode_kb_per_step": (held_end - held_warm) / 1024 / (steps_per_iter * iterations),
         "episodes_ended": episodes_ended,
         "learner_peak_mb": learner_peak,
     }
@@ -128,29 +172,39 @@ def main() -> None:
         results[name] = json.loads(lines[-1][len("RESULT ") :])
 
     print(f"A2C on stpn/Pong-v0, {args.envs} envs x {args.rollout} steps, CPU")
-    header = f"{'variant':<14}{'params':>9}{'steps/s':>10}{'runner peak MiB':>16}"
-    header += f"{'runner KiB/step':>16}{'learner peak MiB':>17}{'episodes ended':>16}"
-    print(header)
+    print("env runner per sampled step: growth of its RSS, and of the episode data it holds")
+    columns = [
+        ("variant", "variant", "<14", ""),
+        ("params", "parameters", ">9", ""),
+        ("steps/s", "env_steps_per_s", ">9", ".1f"),
+        ("RSS KiB/step", "runner_kb_per_step", ">14", ".1f"),
+        ("data KiB/step", "episode_kb_per_step", ">15", ".1f"),
+        ("runner peak MiB", "runner_peak_mb", ">17", ".0f"),
+        ("learner peak MiB", "learner_peak_mb", ">18", ".0f"),
+        ("episodes ended", "episodes_ended", ">16", ""),
+    ]
+    print("".join(f"{title:{align}}" for title, _, align, _ in columns))
     for r in results.values():
-        print(
-            f"{r['variant']:<14}{r['parameters']:>9}{r['env_steps_per_s']:>10.1f}"
-            f"{r['runner_peak_mb']:>16.0f}{r['runner_kb_per_step']:>16.1f}"
-            f"{r['learner_peak_mb']:>17.0f}{r['episodes_ended']:>16}"
-        )
+        print("".join(f"{r[key]:{align}{fmt}}" for _, key, align, fmt in columns))
+
+    def ratio(a: dict, b: dict, key: str) -> str:
+        return f"{a[key] / b[key]:.2f}x"
+
     if "stpn" in results and "lstm" in results:
         s, lstm = results["stpn"], results["lstm"]
-        print(f"throughput STPN / LSTM: {s['env_steps_per_s'] / lstm['env_steps_per_s']:.2f}x")
-        ratio = s["runner_kb_per_step"] / lstm["runner_kb_per_step"]
-        print(f"env-runner memory per sampled step STPN / LSTM: {ratio:.2f}x")
-        ratio = s["runner_peak_mb"] / lstm["runner_peak_mb"]
-        print(f"env-runner peak memory STPN / LSTM: {ratio:.2f}x")
+        print(f"throughput STPN / LSTM: {ratio(s, lstm, 'env_steps_per_s')}")
+        print(
+            f"env-runner memory per sampled step STPN / LSTM: RSS "
+            f"{ratio(s, lstm, 'runner_kb_per_step')}, episode data "
+            f"{ratio(s, lstm, 'episode_kb_per_step')}; peak {ratio(s, lstm, 'runner_peak_mb')}"
+        )
     if "stpn" in results and "stpn-default" in results:
         s, d = results["stpn"], results["stpn-default"]
         print(
-            f"compact / RLlib default path: env-runner memory per sampled step "
-            f"{s['runner_kb_per_step'] / d['runner_kb_per_step']:.2f}x, peak "
-            f"{s['runner_peak_mb'] / d['runner_peak_mb']:.2f}x, "
-            f"throughput {s['env_steps_per_s'] / d['env_steps_per_s']:.2f}x"
+            f"compact / RLlib default path: env-runner memory per sampled step RSS "
+            f"{ratio(s, d, 'runner_kb_per_step')}, episode data "
+            f"{ratio(s, d, 'episode_kb_per_step')}; peak {ratio(s, d, 'runner_peak_mb')}; "
+            f"throughput {ratio(s, d, 'env_steps_per_s')}"
         )
 
 
