@@ -62,10 +62,11 @@ class SynapticStates:
     arrays are never written to; a chunk's last `kept` entry is the very array its continuation
     uses as `lookback`, so a 50-step chunk of the paper's Pong setting adds one F, not two.
     `current` holds the episode's live F and is shared by all its chunks; `cut_from` is the
-    chunk this one continues, until its F is released (see MoveSynapticStateToEpisode).
+    chunk this one continues, until its F is released (see MoveSynapticStateToEpisode);
+    `shipped` says the chunk has been pickled, i.e. sent to another process.
     """
 
-    __slots__ = ("current", "chunk", "lookback", "kept", "cut_from", "released")
+    __slots__ = ("current", "chunk", "lookback", "kept", "cut_from", "shipped", "released")
 
     def __init__(self, current: _CurrentF | None = None) -> None:
         self.current = current if current is not None else _CurrentF()
@@ -73,6 +74,7 @@ class SynapticStates:
         self.lookback: np.ndarray | None = None
         self.kept: dict[int, np.ndarray] = {}
         self.cut_from: SynapticStates | None = None
+        self.shipped = False
         self.released = False
 
     def __deepcopy__(self, memo: dict) -> SynapticStates:
@@ -86,6 +88,7 @@ class SynapticStates:
     def __getstate__(self) -> dict:
         # Only the env runner stepping the episode needs the live F: a chunk shipped to the
         # learner carries what the learner reads, not 680 KB more at the Pong size.
+        self.shipped = True
         return {"chunk": self.chunk, "lookback": self.lookback, "kept": self.kept}
 
     def __setstate__(self, state: dict) -> None:
@@ -96,7 +99,7 @@ class SynapticStates:
 def _missing_state(ep: Any) -> RuntimeError:
     states = ep.custom_data.get(STATES_KEY)
     if states is not None and states.released:
-        why = "were released after its remote env runner returned it"
+        why = "were released after the chunk had been shipped and its episode went on"
     else:
         why = "are missing (was it sampled without rllib_stpn's compact state storage?)"
     return RuntimeError(
@@ -111,27 +114,15 @@ def _single_module(rl_module: Any, sa_episode: Any) -> Any:
     return rl_module
 
 
-def _in_ray_actor() -> bool:
-    import ray
-
-    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-
-
 class MoveSynapticStateToEpisode(ConnectorV2):
     """Module-to-env: takes F out of STATE_OUT and keeps what is needed (see SynapticStates).
 
-    A remote env runner also keeps every chunk it has returned until the episode ends, for its
-    episode metrics. Those chunks left the process serialized when `sample()` returned, so in a
-    remote runner (`release_returned_chunks`, the default there) the first forward pass of a
-    continued chunk drops the F its predecessor kept; memory then no longer grows with the
-    steps of an episode. A local runner keeps them: its episodes reach the learner by reference.
+    RLlib's env runner also keeps every chunk it has returned until the episode ends, for its
+    episode metrics. A chunk that has been pickled (a remote env runner's `sample()` result,
+    or episodes sent to a remote learner) went out with its F, so when its episode's next chunk
+    starts, the F it kept here is dropped: memory then no longer grows with the steps of an
+    episode. Chunks handed on by reference (a local env runner and learner) keep theirs.
     """
-
-    def __init__(self, *args, release_returned_chunks: bool | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if release_returned_chunks is None:
-            release_returned_chunks = _in_ray_actor()
-        self.release_returned_chunks = release_returned_chunks
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         state_out = batch.get(Columns.STATE_OUT)
@@ -158,7 +149,7 @@ class MoveSynapticStateToEpisode(ConnectorV2):
                 states.chunk = ep.t_started
                 states.kept = {}
                 returned, states.cut_from = states.cut_from, None
-                if returned is not None and self.release_returned_chunks:
+                if returned is not None and returned.shipped:
                     returned.lookback, returned.kept, returned.released = None, {}, True
             index = len(ep)  # the chunk index this STATE_OUT will be stored at
             f = F[i]

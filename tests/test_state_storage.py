@@ -21,8 +21,6 @@ from rllib_stpn.state_storage import (
     uses_compact_states,
 )
 
-Mover = MoveSynapticStateToEpisode
-
 MAX_SEQ_LEN = 4
 
 
@@ -42,21 +40,18 @@ def make_config(core: str = "stpn", rollout: int = 7) -> PPOConfig:
 
 
 def sample_and_learner_batch(
-    monkeypatch, compact: bool, num_samples: int = 3, rollout: int = 7, release: bool = False
+    monkeypatch, compact: bool, num_samples: int = 3, rollout: int = 7, ship: bool = True
 ):
     """Episodes from `num_samples` rollouts and the learner connector's batch for each.
 
-    The episodes reach the learner connector pickled, as Ray ships them from the env runner; the
+    With `ship`, the episodes reach the learner connector pickled, as Ray ships them from a
+    remote env runner (so the runner may release their F later); without, by reference. The
     returned episodes are the env runner's own objects.
     """
     monkeypatch.setenv("RLLIB_STPN_COMPACT_STATES", "1" if compact else "0")
     config = make_config(rollout=rollout)
     torch.manual_seed(0)
     runner = SingleAgentEnvRunner(config=config)
-    if compact:  # what a remote env runner does (see test_remote_env_runners_release_...)
-        (mover,) = [c for c in runner._module_to_env.connectors if isinstance(c, Mover)]
-        assert mover.release_returned_chunks is False  # the default outside a Ray actor
-        mover.release_returned_chunks = release
     learner_connector = config.build_learner_connector(
         runner.env.single_observation_space, runner.env.single_action_space
     )
@@ -88,10 +83,10 @@ def test_pipelines_are_swapped_only_for_stpn_cores(monkeypatch):
 
 @pytest.mark.parametrize("rollout", [7, 2 * MAX_SEQ_LEN])
 def test_chunks_keep_one_synaptic_state_per_sequence(monkeypatch, rollout):
-    """No per-step F; a chunk holds one F per training sequence, none shipped twice in memory."""
-    runner, episodes, _ = sample_and_learner_batch(
-        monkeypatch, compact=True, num_samples=3, rollout=rollout
-    )
+    """No per-step F; a chunk holds one F per training sequence, none kept twice in memory."""
+    monkeypatch.delenv("RLLIB_STPN_COMPACT_STATES", raising=False)
+    runner = SingleAgentEnvRunner(config=make_config(rollout=rollout))
+    episodes = [runner.sample(explore=False) for _ in range(3)]  # never pickled: none released
     F_size = np.asarray(runner.module.get_initial_state()["F"]).size
     last_kept = {}  # episode id -> (chunk end, F kept at the chunk's last step)
     for ep in [ep for eps in episodes for ep in eps]:
@@ -112,14 +107,14 @@ def test_chunks_keep_one_synaptic_state_per_sequence(monkeypatch, rollout):
         assert shipped.custom_data[STATES_KEY].current.F is None  # the live F stays here
 
 
-@pytest.mark.parametrize("rollout,release", [(7, False), (2 * MAX_SEQ_LEN, False), (7, True)])
-def test_state_in_equals_rllib_default_path(monkeypatch, rollout, release):
+@pytest.mark.parametrize("rollout,ship", [(7, True), (2 * MAX_SEQ_LEN, True), (7, False)])
+def test_state_in_equals_rllib_default_path(monkeypatch, rollout, ship):
     """Same seeds, greedy actions: identical STATE_IN, across rollout boundaries too."""
     _, eps_default, batches_default = sample_and_learner_batch(
         monkeypatch, compact=False, rollout=rollout
     )
     _, eps_compact, batches_compact = sample_and_learner_batch(
-        monkeypatch, compact=True, rollout=rollout, release=release
+        monkeypatch, compact=True, rollout=rollout, ship=ship
     )
     for ed, ec in zip(eps_default, eps_compact):
         for a, b in zip(ed, ec):
@@ -142,12 +137,10 @@ def test_state_in_equals_rllib_default_path(monkeypatch, rollout, release):
     assert boundary_rows > 0
 
 
-def test_returned_chunks_release_their_synaptic_states(monkeypatch):
-    """With release on, a returned chunk drops its F once its episode moves on; the learner
-    then refuses it with a clear error instead of training from wrong states."""
-    runner, episodes, _ = sample_and_learner_batch(
-        monkeypatch, compact=True, num_samples=2, release=True
-    )
+def test_shipped_chunks_release_their_synaptic_states(monkeypatch):
+    """A chunk pickled for the learner drops its F here once its episode moves on; fed to a
+    learner afterwards, it gives a clear error instead of training from wrong states."""
+    runner, episodes, _ = sample_and_learner_batch(monkeypatch, compact=True, num_samples=2)
     continued = {ep.id_ for ep in episodes[1] if ep.t_started > 0}
     released = [ep for ep in episodes[0] if ep.id_ in continued]
     assert released
@@ -157,16 +150,45 @@ def test_returned_chunks_release_their_synaptic_states(monkeypatch):
     learner_connector = make_config().build_learner_connector(
         runner.env.single_observation_space, runner.env.single_action_space
     )
-    with pytest.raises(RuntimeError, match="released after its remote env runner returned it"):
+    with pytest.raises(RuntimeError, match="released after the chunk had been shipped"):
         learner_connector(rl_module=runner.module, batch={}, episodes=released, shared_data={})
 
 
-def test_remote_env_runners_release_returned_chunks(ray_session):
-    @ray_session.remote
-    class Probe:  # an actor, as RLlib's remote env runners are
-        def release(self) -> bool:
-            return MoveSynapticStateToEpisode().release_returned_chunks
+def test_remote_env_runner_releases_returned_chunks(monkeypatch, ray_session):
+    monkeypatch.delenv("RLLIB_STPN_COMPACT_STATES", raising=False)
+    runner = ray_session.remote(SingleAgentEnvRunner).remote(config=make_config())
+    first = ray_session.get(runner.sample.remote(explore=False))
+    ray_session.get(runner.sample.remote(explore=False))
 
-    probe = Probe.remote()
-    assert ray_session.get(probe.release.remote()) is True
-    assert MoveSynapticStateToEpisode().release_returned_chunks is False
+    def held_chunks(r):  # the chunks RLlib keeps for episode metrics
+        return [
+            ep.custom_data[STATES_KEY].released
+            for chunks in r._ongoing_episodes_for_metrics.values()
+            for ep in chunks
+        ]
+
+    held = ray_session.get(runner.apply.remote(held_chunks))
+    # First-sample chunks whose episode went on released their F in the runner; the latest
+    # chunks (whose episodes have not stepped since) still hold theirs ...
+    assert any(held) and not all(held)
+    # ... and the copies that reached this process are whole.
+    assert not any(ep.custom_data[STATES_KEY].released for ep in first)
+
+
+def test_ppo_in_a_ray_actor_with_several_samples_per_iteration(monkeypatch, ray_session):
+    """A Tune trial runs its local env runner inside a Ray actor and PPO samples several
+    times per iteration there; episodes reach the local learner by reference, whole."""
+    monkeypatch.delenv("RLLIB_STPN_COMPACT_STATES", raising=False)
+    config = make_config().training(train_batch_size_per_learner=42, minibatch_size=14)
+
+    @ray_session.remote
+    class Trial:
+        def train(self, config) -> list[float]:
+            algo = config.build_algo()
+            try:
+                return [algo.train()["learners"]["default_policy"]["total_loss"] for _ in range(2)]
+            finally:
+                algo.stop()
+
+    losses = ray_session.get(Trial.remote().train.remote(config))
+    assert len(losses) == 2 and all(np.isfinite(loss) for loss in losses)
