@@ -12,6 +12,23 @@ import torch
 NORM_EPS = 1e-12
 
 
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether a backward may follow (the fused ops take a lighter path when not)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def apply_sequence_function(
+    function: type[torch.autograd.Function],
+    args: tuple,
+    recurrent: bool,
+    normalize: bool,
+    return_power: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`function.apply` of a fused op, with power None when not asked for (the common contract)."""
+    res = function.apply(*args, recurrent, normalize, return_power)
+    return res if return_power else (*res, None)
+
+
 def stpn_sequence_reference(
     x: torch.Tensor,
     h: torch.Tensor,

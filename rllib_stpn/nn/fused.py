@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from rllib_stpn.nn.functional import NORM_EPS
+from rllib_stpn.nn.functional import NORM_EPS, apply_sequence_function, needs_autograd
 from rllib_stpn.nn.fused_cpp import stpn_sequence_cpp
 from rllib_stpn.nn.fused_cpp import supports as cpp_supports
 
@@ -342,16 +342,13 @@ def stpn_sequence_fused_torch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The pure-torch fused op (any device): same contract as `stpn_sequence_fused`."""
     args = (x, h, F, weight, bias, weight_lambda, weight_gamma)
-    if not (torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)):
+    if not needs_autograd(*args):
         # Sampling path: no saved states, F buffers recycled.
         out, h, F, power, _ = stpn_sequence_fused_forward(
             *args, recurrent=recurrent, normalize=normalize, return_power=return_power
         )
         return out, h, F, power
-    res = STPNSequenceFunction.apply(*args, recurrent, normalize, return_power)
-    if return_power:
-        return res
-    return (*res, None)
+    return apply_sequence_function(STPNSequenceFunction, args, recurrent, normalize, return_power)
 
 
 def stpn_sequence_fused(

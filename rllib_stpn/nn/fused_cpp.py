@@ -36,7 +36,7 @@ import threading
 import torch
 from torch.autograd.function import once_differentiable
 
-from rllib_stpn.nn.functional import NORM_EPS
+from rllib_stpn.nn.functional import NORM_EPS, apply_sequence_function, needs_autograd
 
 logger = logging.getLogger(__name__)
 
@@ -516,6 +516,19 @@ def _expand(p: torch.Tensor, H: int, D: int) -> torch.Tensor:
     return p.expand(H, D).contiguous() if p.dim() == 0 else p
 
 
+def _kernel_forward(
+    args: tuple, recurrent: bool, normalize: bool, return_power: bool, *, keep: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(Λ, Γ as (H, D), the kernel's outputs out, F_T, F_1..F_{T-1}, s, n, r, P)."""
+    x, h, F, weight, bias, weight_lambda, weight_gamma = args
+    H, D = weight.shape
+    lam, gam = _expand(weight_lambda, H, D), _expand(weight_gamma, H, D)
+    outputs = load().forward(
+        x, h, F, weight, bias, lam, gam, recurrent, normalize, return_power, keep, NORM_EPS
+    )
+    return lam, gam, outputs
+
+
 class STPNSequenceCppFunction(torch.autograd.Function):
     """The fused sequence op on the C++ kernel; same signature as `STPNSequenceFunction`."""
 
@@ -533,10 +546,9 @@ class STPNSequenceCppFunction(torch.autograd.Function):
         normalize: bool,
         return_power: bool,
     ):
-        H, D = weight.shape
-        lam, gam = _expand(weight_lambda, H, D), _expand(weight_gamma, H, D)
-        out, FT, Fs, S, N, R, P = load().forward(
-            x, h0, F0, weight, bias, lam, gam, recurrent, normalize, return_power, True, NORM_EPS
+        args = (x, h0, F0, weight, bias, weight_lambda, weight_gamma)
+        lam, gam, (out, FT, Fs, S, N, R, P) = _kernel_forward(
+            args, recurrent, normalize, return_power, keep=True
         )
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, h0, F0, Fs, weight, lam, gam, out, S, N, R, P)
@@ -589,27 +601,13 @@ def stpn_sequence_cpp(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Drop-in for `stpn_sequence_reference` on the C++ kernel (CPU, float32/float64)."""
     args = (x, h, F, weight, bias, weight_lambda, weight_gamma)
-    if not (torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args)):
+    if not needs_autograd(*args):
         # Sampling path: nothing kept for backward, two F buffers.
-        H, D = weight.shape
         with torch.no_grad():
-            lam, gam = _expand(weight_lambda, H, D), _expand(weight_gamma, H, D)
-            out, FT, _, _, _, _, P = load().forward(
-                x,
-                h,
-                F,
-                weight,
-                bias,
-                lam,
-                gam,
-                recurrent,
-                normalize,
-                return_power,
-                False,
-                NORM_EPS,
+            _, _, (out, FT, *_, P) = _kernel_forward(
+                args, recurrent, normalize, return_power, keep=False
             )
         return out, out[:, -1].clone(), FT, P.sum(-1) if return_power else None
-    res = STPNSequenceCppFunction.apply(*args, recurrent, normalize, return_power)
-    if return_power:
-        return res
-    return (*res, None)
+    return apply_sequence_function(
+        STPNSequenceCppFunction, args, recurrent, normalize, return_power
+    )
