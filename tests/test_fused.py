@@ -6,9 +6,11 @@ pure-torch fallback (forced with RLLIB_STPN_NO_CPP=1).
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import itertools
-import warnings
+import logging
+import time
 
 import pytest
 import torch
@@ -20,7 +22,6 @@ from rllib_stpn.nn.fused import STPNSequenceFunction
 from rllib_stpn.nn.fused_cpp import DISABLE_ENV, STPNSequenceCppFunction
 
 MODES = list(itertools.product([True, False], ["per_synapse", "uniform"], [True, False]))
-FUNCTIONS = {"cpp": STPNSequenceCppFunction, "torch": STPNSequenceFunction}
 
 
 @pytest.fixture(params=["cpp", "torch"])
@@ -175,9 +176,25 @@ def test_gradcheck_fused_function_float64(recurrent, plasticity, normalize, back
     )
 
     def fn(*a):
-        return FUNCTIONS[backend].apply(*a, recurrent, normalize, True)
+        if backend == "cpp":
+            return STPNSequenceCppFunction.apply(*a, None, recurrent, normalize, True)
+        return STPNSequenceFunction.apply(*a, recurrent, normalize, True)
 
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+    # Per-sample lengths (one sample stops after 1 of the 3 steps, one after 0): the op skips
+    # the padding, and its gradients are still exact.
+    lens = torch.tensor([1, 3, 0])
+    args = (leaf(3, T, I), leaf(3, H, scale=0.5), leaf(3, H, D, scale=0.3), *args[3:])
+    impl = fused_cpp.stpn_sequence_cpp if backend == "cpp" else fused.stpn_sequence_fused_torch
+
+    def fn_lens(*a):
+        out, h, F, power = impl(
+            *a, recurrent=recurrent, normalize=normalize, return_power=True, seq_lens=lens
+        )
+        return out, h, F, power
+
+    assert torch.autograd.gradcheck(fn_lens, args, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
 def test_single_step_sampling_equals_sequence(backend):
@@ -263,9 +280,10 @@ def test_cpp_neuron_blocks_and_thread_split(threads):
         assert _rel_err(got.detach(), want.detach()) < 1e-4
 
 
-def test_dispatch_and_silent_fallback(monkeypatch):
-    """CPU float32 goes to the C++ kernel; the env switch or a failed build selects pure torch
-    without an error or a warning."""
+def test_dispatch_and_fallback(monkeypatch, caplog):
+    """CPU float32 goes to the C++ kernel; the env switch selects pure torch silently, and a
+    failed build falls back to pure torch with one WARNING (not an error), however often the
+    layer runs."""
     layer = STPN(3, 4)
     x = torch.randn(2, 5, 3, requires_grad=True)
     calls = []
@@ -281,19 +299,99 @@ def test_dispatch_and_silent_fallback(monkeypatch):
     fused_cpp.load()
     expected, _ = layer(x)
     monkeypatch.setenv(DISABLE_ENV, "1")
-    torch.testing.assert_close(layer(x)[0], expected)
+    with caplog.at_level(logging.INFO, logger=fused_cpp.__name__):
+        torch.testing.assert_close(layer(x)[0], expected)
+    assert caplog.records == []
     monkeypatch.delenv(DISABLE_ENV)
 
     def broken():
         raise RuntimeError("no compiler")
 
     monkeypatch.setattr(fused_cpp, "_state", {"tried": False, "ops": None, "error": None})
-    monkeypatch.setattr(fused_cpp, "load", broken)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    monkeypatch.setattr(fused_cpp, "_load_locked", broken)
+    with caplog.at_level(logging.INFO, logger=fused_cpp.__name__):
         out, _ = layer(x)
+        layer(x)
     out.sum().backward()
     torch.testing.assert_close(out, expected)
     assert fused_cpp.available() is False
     assert isinstance(fused_cpp._state["error"], RuntimeError)
-    assert calls == ["stpn_sequence_cpp", "stpn_sequence_fused_torch", "stpn_sequence_fused_torch"]
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "no compiler" in warned[0].getMessage()
+    assert calls == ["stpn_sequence_cpp"] + ["stpn_sequence_fused_torch"] * 3
+
+
+def test_first_use_is_built_once_under_concurrency(monkeypatch):
+    """Threads that reach the kernel first at the same time build it once, and none of them sees
+    the kernel as unavailable while the build is under way."""
+    builds = []
+    real = fused_cpp._load_locked
+
+    def slow_build():
+        builds.append(1)
+        time.sleep(0.2)  # a build takes seconds: the other threads arrive meanwhile
+        return real()
+
+    monkeypatch.setattr(fused_cpp, "_state", {"tried": False, "ops": None, "error": None})
+    monkeypatch.setattr(fused_cpp, "_load_locked", slow_build)
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: fused_cpp.available(), range(4)))
+    assert answers == [True] * 4
+    assert len(builds) == 1
+
+
+def test_build_is_logged_at_info(monkeypatch, caplog):
+    monkeypatch.setattr(fused_cpp, "_state", {"tried": False, "ops": None, "error": None})
+    monkeypatch.delenv(DISABLE_ENV, raising=False)
+    with caplog.at_level(logging.INFO, logger=fused_cpp.__name__):
+        assert fused_cpp.available()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("ready" in m for m in messages), messages
+    # The kernel source ships as a file of its own beside the loader.
+    assert fused_cpp.SOURCE.name == "stpn_kernel.cpp" and fused_cpp.SOURCE.is_file()
+
+
+@pytest.mark.parametrize("recurrent,plasticity,normalize", MODES)
+def test_seq_lens_stop_each_sample_at_its_length(recurrent, plasticity, normalize, backend):
+    """With per-sample lengths the fused op equals the masked reference (outputs, final states,
+    power and every gradient), and each sample equals a run of its valid steps alone."""
+    torch.manual_seed(17)
+    B, T, I, H = 5, 7, 4, 6
+    fused_layer, ref = _pair(recurrent, plasticity, normalize, I, H)
+    fused_layer.double()
+    ref.double()
+    D = fused_layer.synapse_size
+    x = torch.randn(B, T, I, dtype=torch.float64)
+    state = STPNState(
+        torch.randn(B, H, dtype=torch.float64) * 0.5, torch.randn(B, H, D, dtype=torch.float64)
+    )
+    lens = torch.tensor([7, 3, 0, 5, 1])
+    w = [torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H, D), torch.randn(B, T)]
+    results = []
+    for layer in (fused_layer, ref):
+        xs = x.clone().requires_grad_()
+        out, st, power = layer(xs, state, return_power=True, seq_lens=lens)
+        loss = sum((a * b.double()).sum() for a, b in zip((out, st.h, st.F, power), w))
+        loss.backward()
+        grads = [xs.grad] + [p.grad.clone() for p in layer.parameters()]
+        layer.zero_grad()
+        results.append([out, st.h, st.F, power, *grads])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
+    out, h_last, power = results[1][0], results[1][1], results[1][3]
+    for b, length in enumerate(lens.tolist()):
+        assert (out[b, length:] == 0).all() and (power[b, length:] == 0).all()
+        if length == 0:
+            torch.testing.assert_close(h_last[b], state.h[b])
+            continue
+        alone = STPNState(state.h[b : b + 1], state.F[b : b + 1])
+        o, s = ref(x[b : b + 1, :length], alone)
+        torch.testing.assert_close(out[b : b + 1, :length], o)
+        torch.testing.assert_close(results[1][2][b], s.F[0])
+
+
+def test_seq_lens_are_checked():
+    layer = STPN(3, 4)
+    with pytest.raises(ValueError, match=r"seq_lens must hold 2 lengths in \[0, 5\], got \[6, 1\]"):
+        layer(torch.randn(2, 5, 3), seq_lens=torch.tensor([6, 1]))

@@ -29,6 +29,29 @@ def apply_sequence_function(
     return res if return_power else (*res, None)
 
 
+def lengths_or_none(seq_lens: torch.Tensor | None, B: int, T: int) -> torch.Tensor | None:
+    """Per-sample step counts as a CPU int64 (B,) tensor, or None when every sample runs T steps.
+
+    Steps at or after a sample's length are padding: the ops skip them, return zero outputs
+    and power there, and return the state reached after the sample's last step.
+    """
+    if seq_lens is None:
+        return None
+    lens = torch.as_tensor(seq_lens).reshape(-1).to("cpu", torch.int64)
+    if lens.numel() != B or bool(((lens < 0) | (lens > T)).any()):
+        raise ValueError(f"seq_lens must hold {B} lengths in [0, {T}], got {lens.tolist()}")
+    return None if bool((lens == T).all()) else lens.contiguous()
+
+
+def last_hidden(out: torch.Tensor, h0: torch.Tensor, lens: torch.Tensor | None) -> torch.Tensor:
+    """h after each sample's last step: out[b, len_b - 1], or h0[b] for a sample of length 0."""
+    if lens is None:
+        return out[:, -1].clone()
+    index = (lens - 1).clamp_min(0).to(out.device)
+    last = out[torch.arange(out.shape[0], device=out.device), index]
+    return torch.where((lens > 0).to(out.device).unsqueeze(-1), last, h0)
+
+
 def stpn_sequence_reference(
     x: torch.Tensor,
     h: torch.Tensor,
@@ -41,10 +64,17 @@ def stpn_sequence_reference(
     recurrent: bool,
     normalize: bool,
     return_power: bool,
+    seq_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Run T STPN steps with autograd; returns (out (B,T,H), h (B,H), F (B,H,D), power (B,T))."""
+    """Run T STPN steps with autograd; returns (out (B,T,H), h (B,H), F (B,H,D), power (B,T)).
+
+    With `seq_lens`, sample b stops after seq_lens[b] steps: its state is frozen from then on
+    and its outputs and power are zero (written as masking, to stay the readable reference).
+    """
+    lens = lengths_or_none(seq_lens, x.shape[0], x.shape[1])
     outs, powers = [], []
     for t in range(x.shape[1]):
+        h_prev, F_prev = h, F
         z = torch.cat([x[:, t], h], dim=-1) if recurrent else x[:, t]  # (B, D)
         G = weight + F  # (B, H, D)
         if normalize:
@@ -59,6 +89,14 @@ def stpn_sequence_reference(
         if return_power:
             powers.append(torch.einsum("bhd,bd->b", G_hat.abs(), z * z))
         F = weight_lambda * F_hat + weight_gamma * (h.unsqueeze(-1) * z.unsqueeze(-2))
+        if lens is not None:
+            active = (lens > t).to(x.device).unsqueeze(-1)  # (B, 1)
+            if return_power:
+                powers[-1] = powers[-1] * active.squeeze(-1)
+            outs.append(h * active)
+            h = torch.where(active, h, h_prev)
+            F = torch.where(active.unsqueeze(-1), F, F_prev)
+            continue
         outs.append(h)
     power = torch.stack(powers, dim=1) if return_power else None
     return torch.stack(outs, dim=1), h, F, power

@@ -36,7 +36,12 @@ from __future__ import annotations
 
 import torch
 
-from rllib_stpn.nn.functional import NORM_EPS, apply_sequence_function, needs_autograd
+from rllib_stpn.nn.functional import (
+    NORM_EPS,
+    apply_sequence_function,
+    lengths_or_none,
+    needs_autograd,
+)
 from rllib_stpn.nn.fused_cpp import stpn_sequence_cpp
 from rllib_stpn.nn.fused_cpp import supports as cpp_supports
 
@@ -327,6 +332,18 @@ class STPNSequenceFunction(torch.autograd.Function):
         )
 
 
+def _fused_torch_full_length(
+    args: tuple, recurrent: bool, normalize: bool, return_power: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if not needs_autograd(*args):
+        # Sampling path: no saved states, F buffers recycled.
+        out, h, F, power, _ = stpn_sequence_fused_forward(
+            *args, recurrent=recurrent, normalize=normalize, return_power=return_power
+        )
+        return out, h, F, power
+    return apply_sequence_function(STPNSequenceFunction, args, recurrent, normalize, return_power)
+
+
 def stpn_sequence_fused_torch(
     x: torch.Tensor,
     h: torch.Tensor,
@@ -339,16 +356,45 @@ def stpn_sequence_fused_torch(
     recurrent: bool,
     normalize: bool,
     return_power: bool,
+    seq_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The pure-torch fused op (any device): same contract as `stpn_sequence_fused`."""
-    args = (x, h, F, weight, bias, weight_lambda, weight_gamma)
-    if not needs_autograd(*args):
-        # Sampling path: no saved states, F buffers recycled.
-        out, h, F, power, _ = stpn_sequence_fused_forward(
-            *args, recurrent=recurrent, normalize=normalize, return_power=return_power
+    """The pure-torch fused op (any device): same contract as `stpn_sequence_fused`.
+
+    With `seq_lens`, the samples are run in groups of equal length, each group for its own
+    number of steps only, and the results put back in the batch order (zero-padded).
+    """
+    B, T = x.shape[:2]
+    params = (weight, bias, weight_lambda, weight_gamma)
+    lens = lengths_or_none(seq_lens, B, T)
+    if lens is None:
+        return _fused_torch_full_length((x, h, F, *params), recurrent, normalize, return_power)
+    outs, hs, Fs, powers, order = [], [], [], [], []
+    for length in sorted(set(lens.tolist()), reverse=True):
+        rows = (lens == length).nonzero().squeeze(1).to(x.device)
+        order.append(rows)
+        h_g, F_g = h.index_select(0, rows), F.index_select(0, rows)
+        if length == 0:  # nothing to run: the state stays as it is
+            hs.append(h_g)
+            Fs.append(F_g)
+            outs.append(x.new_zeros(len(rows), T, weight.shape[0]))
+            powers.append(x.new_zeros(len(rows), T) if return_power else None)
+            continue
+        x_g = x.index_select(0, rows)[:, :length]
+        o, h_g, F_g, p = _fused_torch_full_length(
+            (x_g, h_g, F_g, *params), recurrent, normalize, return_power
         )
-        return out, h, F, power
-    return apply_sequence_function(STPNSequenceFunction, args, recurrent, normalize, return_power)
+        outs.append(torch.nn.functional.pad(o, (0, 0, 0, T - length)))
+        powers.append(torch.nn.functional.pad(p, (0, T - length)) if return_power else None)
+        hs.append(h_g)
+        Fs.append(F_g)
+    inverse = torch.empty(B, dtype=torch.int64, device=x.device)
+    inverse[torch.cat(order)] = torch.arange(B, device=x.device)
+
+    def gather(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts).index_select(0, inverse)
+
+    power = gather(powers) if return_power else None
+    return gather(outs), gather(hs), gather(Fs), power
 
 
 def stpn_sequence_fused(
@@ -363,6 +409,7 @@ def stpn_sequence_fused(
     recurrent: bool,
     normalize: bool,
     return_power: bool,
+    seq_lens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Drop-in for `stpn_sequence_reference`: (out (B,T,H), h (B,H), F (B,H,D), power (B,T)).
 
@@ -371,4 +418,10 @@ def stpn_sequence_fused(
     """
     args = (x, h, F, weight, bias, weight_lambda, weight_gamma)
     impl = stpn_sequence_cpp if cpp_supports(*args) else stpn_sequence_fused_torch
-    return impl(*args, recurrent=recurrent, normalize=normalize, return_power=return_power)
+    return impl(
+        *args,
+        recurrent=recurrent,
+        normalize=normalize,
+        return_power=return_power,
+        seq_lens=seq_lens,
+    )

@@ -128,9 +128,19 @@ class STPN(nn.Module):
         return STPNState(h, F)
 
     def forward(
-        self, x: torch.Tensor, state: STPNState | None = None, return_power: bool = False
+        self,
+        x: torch.Tensor,
+        state: STPNState | None = None,
+        return_power: bool = False,
+        *,
+        seq_lens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, STPNState] | tuple[torch.Tensor, STPNState, torch.Tensor]:
-        """x (B, T, I) -> out (B, T, H), STPNState, and with `return_power` the power (B, T)."""
+        """x (B, T, I) -> out (B, T, H), STPNState, and with `return_power` the power (B, T).
+
+        `seq_lens` (B,) gives each sample's number of valid steps when x is zero-padded: the
+        layer stops each sample there (no work on the padding), returns zero outputs and power
+        on the padding, and the state reached after the sample's last valid step.
+        """
         h, F = self._check_inputs(x, state)
         out, h, F, power = IMPLEMENTATIONS[self.implementation](
             x,
@@ -143,6 +153,7 @@ class STPN(nn.Module):
             recurrent=self.recurrent,
             normalize=self.normalize,
             return_power=return_power,
+            seq_lens=seq_lens,
         )
         if return_power:
             return out, STPNState(h, F), power

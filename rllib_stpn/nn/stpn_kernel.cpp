@@ -1,0 +1,446 @@
+// Fused STPN sequence op on the CPU (C++/OpenMP), loaded by rllib_stpn/nn/fused_cpp.py.
+//
+// Same maths and derivation as rllib_stpn/nn/fused.py; what changes is the memory traffic on the
+// (B, H, D) state F, which is the layer's whole cost:
+// * Forward: one pass per step. While it writes F_{t+1} = Λ F_t / n_t + Γ h_t z_tᵀ for a row, it
+//   already has z_{t+1} = [x_{t+1}; h_t] (all of h_t is known before the pass), so it accumulates
+//   the next step's row reductions G z, ||G||² and Σ z²|G| (G = W + F_{t+1}) on the values it has
+//   just written. F_t is read once and F_{t+1} written once.
+// * Backward: per row, two sweeps over (dL/dF_{t+1}, F_t) while the row is in cache (the first
+//   computes Σ Λ F gF and Σ Γ gF z, which dh and dn need before anything else can be formed),
+//   then dL/dF_t is written in place over dL/dF_{t+1}.
+// * Threads: sequences are independent, so each OpenMP thread runs all T steps for its own range
+//   of samples (no barrier per step; dz rows have one owner) and keeps its own dW, dΛ, dΓ sums,
+//   added up once at the end. A batch smaller than the thread count leaves threads idle.
+// * Per-sample lengths (`lens`, optional): a sample stops after its own number of steps, so the
+//   zero padding of RLlib's training rows costs nothing; its state after its last step is the
+//   returned F, its outputs and power on the padding are zero.
+// * The saved states F_1..F_{T-1} are one buffer advised to transparent huge pages: faulting it
+//   in 4 KiB at a time cost more than the forward's own pass over it (0.29 s vs 0.08 s at the
+//   Pong size).
+
+#include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <omp.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// z_t = [x_t ; h_{t-1}] (recurrent) or x_t for every sample, (B, D). h rows are hstride apart.
+template <typename T>
+void build_z(T* z, const T* x, int64_t t, const T* hprev, int64_t hstride, int64_t B,
+             int64_t Tn, int64_t I, int64_t H, int64_t D, bool recurrent) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + (b * Tn + t) * I;
+    T* zb = z + b * D;
+    std::copy(xb, xb + I, zb);
+    if (recurrent) std::copy(hprev + b * hstride, hprev + b * hstride + H, zb + I);
+  }
+}
+
+// Row reductions of one step: s = G z, q = ||G||^2, pa = sum z^2 |G| with G = W + F.
+template <typename T, bool NORM, bool POW>
+inline void reduce_row(const T* __restrict f, const T* __restrict w, const T* __restrict z,
+                       int64_t D, T& s_out, T& q_out, T& pa_out) {
+  T s = 0, q = 0, pa = 0;
+#pragma omp simd reduction(+ : s, q, pa)
+  for (int64_t j = 0; j < D; ++j) {
+    const T g = w[j] + f[j];
+    s += g * z[j];
+    if (NORM) q += g * g;
+    if (POW) pa += z[j] * z[j] * std::abs(g);
+  }
+  s_out = s;
+  q_out = q;
+  pa_out = pa;
+}
+
+// Sequences are independent, so each thread runs the whole time loop for its own contiguous
+// range of samples: no barrier per step, dz rows have one owner. Inside a step, neurons go in
+// blocks whose parameter rows (and, backward, gradient rows) stay in L2 while the block's rows
+// of F are streamed for every sample of the range.
+inline void sample_range(int64_t B, int64_t& b0, int64_t& b1) {
+  const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+  b0 = B * tid / nth;
+  b1 = B * (tid + 1) / nth;
+}
+
+inline int64_t block_size(int64_t H, int64_t D, int64_t rows, int64_t elem) {
+  constexpr int64_t kBudget = 256 * 1024;
+  return std::max<int64_t>(1, std::min<int64_t>(H, kBudget / (rows * D * elem)));
+}
+
+// Where sample b's F_{t+1} goes. With `keep` (training), F_1..F_{T-1} land in the saved-states
+// buffer Fs (T-1 slabs of (B, H, D)) and the sample's last state in FT; without it (sampling) two
+// buffers alternate so that the last state again lands in FT. A sample's last step is len_b - 1.
+template <typename T>
+struct FDest {
+  T* FT;
+  T* Fs;
+  T* spare;
+  int64_t BHD;
+  bool keep;
+  T* base(int64_t t, int64_t len) const {
+    if (t == len - 1) return FT;
+    if (keep) return Fs + t * BHD;
+    return ((len - 1 - t) % 2 == 0) ? FT : spare;
+  }
+};
+
+template <typename T, bool NORM, bool POW>
+void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias, const T* L,
+                const T* G, const int64_t* lens, int64_t B, int64_t Tn, int64_t I, int64_t H,
+                int64_t D, bool recurrent, T eps, const FDest<T>& dst, T* out, T* S, T* N, T* R,
+                T* P, int nthreads) {
+  std::vector<T> za(B * D), zb(B * D), rs(B * H), rq(B * H, 0), rp(B * H, 0), hh(B * H),
+      inv(B * H);
+  const int64_t nb = block_size(H, D, 3, sizeof(T));
+#pragma omp parallel num_threads(nthreads)
+  {
+    int64_t b0, b1;
+    sample_range(B, b0, b1);
+    T* zc = za.data();
+    T* zn = zb.data();
+    for (int64_t b = b0; b < b1; ++b) {
+      build_z(zc + b * D, x + b * Tn * I, 0, h0 + b * H, 0, 1, Tn, I, H, D, recurrent);
+    }
+    for (int64_t i0 = 0; i0 < H; i0 += nb) {
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int64_t i = i0; i < std::min(H, i0 + nb); ++i) {
+          const int64_t k = b * H + i;
+          reduce_row<T, NORM, POW>(F0 + k * D, W + i * D, zc + b * D, D, rs[k], rq[k], rp[k]);
+        }
+      }
+    }
+    for (int64_t t = 0; t < Tn; ++t) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t len = lens ? lens[b] : Tn;
+        if (t >= len) continue;  // padding: this sample has ended
+        for (int64_t i = 0; i < H; ++i) {
+          const int64_t k = b * H + i, kt = (b * Tn + t) * H + i;
+          T n = 1;
+          if (NORM) {
+            const T r = std::sqrt(rq[k]);
+            n = r + eps;
+            R[kt] = r;
+            N[kt] = n;
+          }
+          const T h = std::tanh(rs[k] / n + (bias ? bias[i] : T(0)));
+          out[kt] = h;
+          S[kt] = rs[k];
+          if (POW) P[kt] = rp[k] / n;
+          hh[k] = h;
+          inv[k] = T(1) / n;
+        }
+        if (t + 1 < len) {
+          build_z(zn + b * D, x + b * Tn * I, t + 1, hh.data() + b * H, 0, 1, Tn, I, H, D,
+                  recurrent);
+        }
+      }
+      for (int64_t i0 = 0; i0 < H; i0 += nb) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t len = lens ? lens[b] : Tn;
+          if (t >= len) continue;
+          const T* Fsrc = t == 0 ? F0 : dst.base(t - 1, len);
+          T* Fdst = dst.base(t, len);
+          for (int64_t i = i0; i < std::min(H, i0 + nb); ++i) {
+            const T* __restrict w = W + i * D;
+            const T* __restrict l = L + i * D;
+            const T* __restrict g = G + i * D;
+            const int64_t k = b * H + i;
+            const T* __restrict f = Fsrc + k * D;
+            T* __restrict fd = Fdst + k * D;
+            const T* __restrict z = zc + b * D;
+            const T h = hh[k], iv = inv[k];
+            if (t + 1 >= len) {
+#pragma omp simd
+              for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
+              continue;
+            }
+            const T* __restrict z2 = zn + b * D;
+            T s = 0, q = 0, pa = 0;
+#pragma omp simd reduction(+ : s, q, pa)
+            for (int64_t j = 0; j < D; ++j) {
+              const T v = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
+              fd[j] = v;
+              const T gg = w[j] + v;
+              s += gg * z2[j];
+              if (NORM) q += gg * gg;
+              if (POW) pa += z2[j] * z2[j] * std::abs(gg);
+            }
+            rs[k] = s;
+            rq[k] = q;
+            rp[k] = pa;
+          }
+        }
+      }
+      std::swap(zc, zn);
+    }
+    // Padding steps: zero outputs and power (they are outputs of the op); a sample of length 0
+    // returns its initial F unchanged.
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = lens ? lens[b] : Tn;
+      if (len >= Tn) continue;
+      std::fill(out + (b * Tn + len) * H, out + (b + 1) * Tn * H, T(0));
+      if (POW) std::fill(P + (b * Tn + len) * H, P + (b + 1) * Tn * H, T(0));
+      if (len == 0) std::copy(F0 + b * H * D, F0 + (b + 1) * H * D, dst.FT + b * H * D);
+    }
+  }
+}
+
+template <typename T, bool NORM, bool POW>
+void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, const T* L,
+                const T* G, const T* out, const T* S, const T* N, const T* R, const T* P,
+                const T* g_out, const T* g_h, const T* g_P, T* gF, const int64_t* lens,
+                int64_t B, int64_t Tn,
+                int64_t I, int64_t H, int64_t D, bool recurrent, T* dx, T* dh0, T* dW, T* db,
+                T* dL, T* dG, int nthreads) {
+  // Per-thread partial sums of dW, dΛ, dΓ (H, D each) and db (H), added up at the end.
+  const int64_t per = 3 * H * D + H;
+  std::vector<T> acc(static_cast<int64_t>(nthreads) * per, T(0));
+  std::vector<T> z(B * D), gh(B * H, 0), dz(B * D);
+  if (g_h) std::copy(g_h, g_h + B * H, gh.begin());
+  const int64_t nb = block_size(H, D, 6, sizeof(T));
+#pragma omp parallel num_threads(nthreads)
+  {
+    int64_t b0, b1;
+    sample_range(B, b0, b1);
+    T* dWt = acc.data() + static_cast<int64_t>(omp_get_thread_num()) * per;
+    T* dLt = dWt + H * D;
+    T* dGt = dLt + H * D;
+    T* dbt = dGt + H * D;
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      const T* F = t > 0 ? Fs + (t - 1) * B * H * D : F0;
+      for (int64_t b = b0; b < b1; ++b) {
+        if (lens && t >= lens[b]) continue;  // padding: no gradient flows through it
+        if (t > 0) {
+          build_z(z.data() + b * D, x + b * Tn * I, t, out + (b * Tn + t - 1) * H, 0, 1, Tn, I,
+                  H, D, recurrent);
+        } else {
+          build_z(z.data() + b * D, x + b * Tn * I, t, h0 + b * H, 0, 1, Tn, I, H, D,
+                  recurrent);
+        }
+        std::fill(dz.data() + b * D, dz.data() + (b + 1) * D, T(0));
+      }
+      for (int64_t i0 = 0; i0 < H; i0 += nb) {
+        for (int64_t b = b0; b < b1; ++b) {
+          if (lens && t >= lens[b]) continue;
+          const T* __restrict zb = z.data() + b * D;
+          T* __restrict dzb = dz.data() + b * D;
+          for (int64_t i = i0; i < std::min(H, i0 + nb); ++i) {
+            const T* __restrict w = W + i * D;
+            const T* __restrict l = L + i * D;
+            const T* __restrict g = G + i * D;
+            T* __restrict dWi = dWt + i * D;
+            T* __restrict dLi = dLt + i * D;
+            T* __restrict dGi = dGt + i * D;
+            const int64_t k = b * H + i, kt = (b * Tn + t) * H + i;
+            const T* __restrict f = F + k * D;
+            T* __restrict u = gF + k * D;
+            T c1 = 0, e = 0;
+#pragma omp simd reduction(+ : c1, e)
+            for (int64_t j = 0; j < D; ++j) {
+              if (NORM) c1 += l[j] * f[j] * u[j];
+              e += g[j] * u[j] * zb[j];
+            }
+            const T h = out[kt];
+            const T dh = gh[k] + e + (g_out ? g_out[kt] : T(0));
+            const T dpre = dh * (T(1) - h * h);
+            dbt[i] += dpre;
+            const T gp = POW ? g_P[b * Tn + t] : T(0);
+            T iv = 1, kk = 0;
+            if (NORM) {
+              const T n = N[kt], r = R[kt];
+              iv = T(1) / n;
+              T dn = -(c1 + dpre * S[kt]) * iv * iv;
+              if (POW) dn -= gp * P[kt] * iv;
+              kk = r > T(0) ? dn / r : T(0);
+            }
+            const T a = dpre * iv, gpn = gp * iv, gpn2 = T(2) * gpn;
+#pragma omp simd
+            for (int64_t j = 0; j < D; ++j) {
+              const T uj = u[j], fj = f[j], zj = zb[j];
+              const T Gj = w[j] + fj;
+              T dGj = a * zj;
+              if (NORM) dGj += kk * Gj;
+              if (POW) {
+                const T sg = static_cast<T>((Gj > T(0)) - (Gj < T(0)));
+                dGj += gpn * sg * zj * zj;
+              }
+              dWi[j] += dGj;
+              dLi[j] += uj * fj * iv;
+              dGi[j] += uj * h * zj;
+              T dzj = g[j] * uj * h + Gj * a;
+              if (POW) dzj += gpn2 * zj * std::abs(Gj);
+              dzb[j] += dzj;
+              u[j] = l[j] * uj * iv + dGj;
+            }
+          }
+        }
+      }
+      for (int64_t b = b0; b < b1; ++b) {
+        if (lens && t >= lens[b]) {
+          std::fill(dx + (b * Tn + t) * I, dx + (b * Tn + t + 1) * I, T(0));
+          continue;
+        }
+        std::copy(dz.data() + b * D, dz.data() + b * D + I, dx + (b * Tn + t) * I);
+        for (int64_t i = 0; i < H; ++i) gh[b * H + i] = recurrent ? dz[b * D + I + i] : T(0);
+      }
+    }
+    for (int64_t b = b0; b < b1; ++b) {
+      std::copy(gh.data() + b * H, gh.data() + (b + 1) * H, dh0 + b * H);
+    }
+  }
+  for (int th = 0; th < nthreads; ++th) {
+    const T* a = acc.data() + static_cast<int64_t>(th) * per;
+    for (int64_t m = 0; m < H * D; ++m) {
+      dW[m] += a[m];
+      dL[m] += a[H * D + m];
+      dG[m] += a[2 * H * D + m];
+    }
+    for (int64_t i = 0; i < H; ++i) db[i] += a[3 * H * D + i];
+  }
+}
+
+// Ask for transparent huge pages on a large fresh buffer: faulting in the saved states 4 KiB at a
+// time costs several times the kernel's own passes over them. Advisory; errors are ignored.
+Tensor advise_huge(Tensor t) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (p + t.nbytes()) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
+// A buffer the kernels write in full before reading. Not `at::empty`: with deterministic
+// algorithms on (RLlib turns them on when a seed is set and no CUDA is present) that fills every
+// new tensor with NaN first, which for the saved states cost more than the whole forward pass.
+Tensor uninit(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  return Tensor(at::detail::empty_cpu(sizes, o));
+}
+
+template <typename T>
+const T* ptr_or_null(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+Tensor opt_contig(const std::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : Tensor();
+}
+
+// Per-sample sequence lengths (int64, in [0, Tn]) or none (every sample runs all Tn steps).
+const int64_t* lens_or_null(const Tensor& lens, int64_t B, int64_t Tn) {
+  if (!lens.defined()) return nullptr;
+  TORCH_CHECK(lens.scalar_type() == at::kLong && lens.dim() == 1 && lens.size(0) == B,
+              "stpn: lens must be an int64 tensor of shape (B,)");
+  const int64_t* p = lens.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(p[b] >= 0 && p[b] <= Tn, "stpn: lens values must lie in [0, T]");
+  }
+  return p;
+}
+
+std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tensor& F0_,
+                                 const Tensor& W_, const std::optional<Tensor>& bias_,
+                                 const Tensor& L_, const Tensor& G_,
+                                 const std::optional<Tensor>& lens_, bool recurrent,
+                                 bool normalize, bool power, bool keep, double eps) {
+  const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), F0 = F0_.contiguous();
+  const Tensor W = W_.contiguous(), L = L_.contiguous(), G = G_.contiguous();
+  const Tensor bias = opt_contig(bias_), lens = opt_contig(lens_);
+  const int64_t B = x.size(0), Tn = x.size(1), I = x.size(2), H = W.size(0), D = W.size(1);
+  const int64_t* len = lens_or_null(lens, B, Tn);
+  const auto o = x.options();
+  Tensor out = uninit({B, Tn, H}, o), S = uninit({B, Tn, H}, o);
+  Tensor N = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  Tensor R = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  Tensor P = power ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  Tensor FT = uninit({B, H, D}, o);
+  Tensor Fs = (keep && Tn > 1) ? advise_huge(uninit({Tn - 1, B, H, D}, o)) : uninit({0}, o);
+  Tensor spare = (!keep && Tn > 1) ? uninit({B, H, D}, o) : uninit({0}, o);
+  const int nt = at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
+    using T = scalar_t;
+    const FDest<T> dst{FT.data_ptr<T>(), keep && Tn > 1 ? Fs.data_ptr<T>() : nullptr,
+                       !keep && Tn > 1 ? spare.data_ptr<T>() : nullptr, B * H * D, keep};
+    auto run = [&](auto kernel) {
+      kernel(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(), W.data_ptr<T>(),
+             ptr_or_null<T>(bias), L.data_ptr<T>(), G.data_ptr<T>(), len, B, Tn, I, H, D,
+             recurrent, static_cast<T>(eps), dst, out.data_ptr<T>(), S.data_ptr<T>(),
+             const_cast<T*>(ptr_or_null<T>(N)), const_cast<T*>(ptr_or_null<T>(R)),
+             const_cast<T*>(ptr_or_null<T>(P)), nt);
+    };
+    if (normalize && power) run(fwd_kernel<T, true, true>);
+    else if (normalize) run(fwd_kernel<T, true, false>);
+    else if (power) run(fwd_kernel<T, false, true>);
+    else run(fwd_kernel<T, false, false>);
+  });
+  return {out, FT, Fs, S, N, R, P};
+}
+
+std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Tensor& F0_,
+                                  const Tensor& Fs_, const Tensor& W_, const Tensor& L_,
+                                  const Tensor& G_, const Tensor& out_, const Tensor& S_,
+                                  const Tensor& N_, const Tensor& R_, const Tensor& P_,
+                                  const std::optional<Tensor>& g_out_,
+                                  const std::optional<Tensor>& g_h_,
+                                  const std::optional<Tensor>& g_P_, Tensor& gF,
+                                  const std::optional<Tensor>& lens_, bool recurrent,
+                                  bool normalize) {
+  const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), F0 = F0_.contiguous();
+  const Tensor Fs = Fs_.contiguous(), W = W_.contiguous(), L = L_.contiguous();
+  const Tensor G = G_.contiguous(), out = out_.contiguous(), S = S_.contiguous();
+  const Tensor N = N_.contiguous(), R = R_.contiguous(), P = P_.contiguous();
+  const Tensor g_out = opt_contig(g_out_), g_h = opt_contig(g_h_), g_P = opt_contig(g_P_);
+  const Tensor lens = opt_contig(lens_);
+  TORCH_CHECK(gF.is_contiguous(), "stpn_backward: gF must be contiguous");
+  const bool power = g_P.defined();
+  const int64_t B = x.size(0), Tn = x.size(1), I = x.size(2), H = W.size(0), D = W.size(1);
+  const int64_t* len = lens_or_null(lens, B, Tn);
+  Tensor dx = uninit(x.sizes(), x.options()), dh0 = uninit(h0.sizes(), h0.options());
+  Tensor dW = at::zeros_like(W), dL = at::zeros_like(W), dG = at::zeros_like(W);
+  Tensor db = at::zeros({H}, W.options());
+  const int nt = at::get_num_threads();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_backward", [&] {
+    using T = scalar_t;
+    auto run = [&](auto kernel) {
+      kernel(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(), ptr_or_null<T>(Fs),
+             W.data_ptr<T>(), L.data_ptr<T>(), G.data_ptr<T>(), out.data_ptr<T>(),
+             S.data_ptr<T>(), ptr_or_null<T>(N), ptr_or_null<T>(R), ptr_or_null<T>(P),
+             ptr_or_null<T>(g_out), ptr_or_null<T>(g_h), ptr_or_null<T>(g_P), gF.data_ptr<T>(),
+             len, B, Tn, I, H, D, recurrent, dx.data_ptr<T>(), dh0.data_ptr<T>(),
+             dW.data_ptr<T>(), db.data_ptr<T>(), dL.data_ptr<T>(), dG.data_ptr<T>(), nt);
+    };
+    if (normalize && power) run(bwd_kernel<T, true, true>);
+    else if (normalize) run(bwd_kernel<T, true, false>);
+    else if (power) run(bwd_kernel<T, false, true>);
+    else run(bwd_kernel<T, false, false>);
+  });
+  return {dx, dh0, dW, db, dL, dG};
+}
+
+}  // namespace
+
+// STPN_NAMESPACE is defined on the compiler's command line (rllib_stpn_fused_<hash>), so builds
+// of different sources or flags never collide in one process or cache directory.
+TORCH_LIBRARY(STPN_NAMESPACE, m) {
+  m.def("forward(Tensor x, Tensor h0, Tensor F0, Tensor W, Tensor? bias, Tensor lam, "
+        "Tensor gam, Tensor? lens, bool recurrent, bool normalize, bool power, bool keep, "
+        "float eps) -> Tensor[]", &stpn_forward);
+  m.def("backward(Tensor x, Tensor h0, Tensor F0, Tensor Fs, Tensor W, Tensor lam, "
+        "Tensor gam, Tensor out, Tensor S, Tensor N, Tensor R, Tensor P, Tensor? g_out, "
+        "Tensor? g_h, Tensor? g_P, Tensor(a!) gF, Tensor? lens, bool recurrent, "
+        "bool normalize) -> Tensor[]", &stpn_backward);
+}
