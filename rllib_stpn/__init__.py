@@ -18,11 +18,6 @@ from rllib_stpn.envs import register_envs  # noqa: E402
 
 register_envs()
 
-# STPN states: keep one synaptic memory F per sequence start, not one per env step (default on).
-from rllib_stpn import state_storage as _state_storage  # noqa: E402
-
-_state_storage.install()
-
 # STPNModel (new stack), STPNModelV2 (old stack, custom model "stpn"), power metric, sizing helper.
 from rllib_stpn.callbacks import SynapticPowerCallback  # noqa: E402
 from rllib_stpn.model_config import count_parameters, hidden_size_for_params  # noqa: E402
@@ -30,11 +25,16 @@ from rllib_stpn.model_v2 import STPNModelV2  # noqa: E402
 from rllib_stpn.model_v2 import register as _register_model_v2  # noqa: E402
 from rllib_stpn.rl_module import STPNModel  # noqa: E402
 
+# STPN states stored once per training sequence, not once per env step: A2C does it by itself,
+# other algorithms opt in with `config = compact_states(config)`.
+from rllib_stpn.state_storage import compact_states  # noqa: E402
+
 _register_model_v2()
 __all__ += [
     "STPNModel",
     "STPNModelV2",
     "SynapticPowerCallback",
+    "compact_states",
     "count_parameters",
     "hidden_size_for_params",
 ]

@@ -359,6 +359,11 @@ def to_param_space(config: Mapping[str, Any], algo_cls: type) -> dict[str, Any]:
             config["_rl_module_spec"] = RLModuleSpec(module_class=_stpn_model_class())
             config["_model_config"] = model_config
             power_callback = True
+            if not _builds_own_compact_states(algo_cls):
+                # STPN states stored once per training sequence (A2C does so by itself).
+                from rllib_stpn.state_storage import compact_state_connectors
+
+                config.update(compact_state_connectors(config))
         else:
             raise ExperimentError(
                 f"custom_model {custom!r} is not available on the new API stack (only 'stpn'); "
@@ -376,6 +381,12 @@ def to_param_space(config: Mapping[str, Any], algo_cls: type) -> dict[str, Any]:
             else:
                 config["callbacks"] = [user, callback]
     return config
+
+
+def _builds_own_compact_states(algo_cls: type) -> bool:
+    from rllib_stpn.algorithms.a2c import A2C
+
+    return issubclass(algo_cls, A2C)
 
 
 def _check_keys(given: Mapping[str, Any], allowed: set[str], where: str) -> None:

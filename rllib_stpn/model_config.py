@@ -25,6 +25,9 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "max_seq_len": 50,
     # Emit the "synaptic_power" column during sampling.
     "measure_power": True,
+    # Store the core's large state keys (F for STPN) once per training sequence instead of once
+    # per step (A2C, or any algorithm after `rllib_stpn.compact_states(config)`).
+    "compact_states": True,
 }
 
 # Keys RLlib's algorithm configs inject into every module's model_config on their own
@@ -72,6 +75,7 @@ def validate_model_config(model_config: Mapping[str, Any] | None) -> dict[str, A
     _positive_int("max_seq_len", cfg["max_seq_len"])
     _bool("normalize", cfg["normalize"])
     _bool("measure_power", cfg["measure_power"])
+    _bool("compact_states", cfg["compact_states"])
     hiddens = cfg["encoder_hiddens"]
     if not isinstance(hiddens, list | tuple):
         raise ValueError(f"model_config['encoder_hiddens'] must be a list of ints, got {hiddens!r}")

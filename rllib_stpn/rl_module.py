@@ -50,6 +50,11 @@ class STPNModel(TorchRLModule, ValueFunctionAPI):
         self._recurrent = bool(self.core.state_shapes())
 
     @property
+    def compact_state_keys(self) -> tuple[str, ...]:
+        """State keys RLlib stores once per training sequence (`rllib_stpn.state_storage`)."""
+        return self.core.compact_state_keys if self.model_config["compact_states"] else ()
+
+    @property
     def num_parameters(self) -> int:
         """Trainable parameters (encoder, core and heads)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -66,8 +71,14 @@ class STPNModel(TorchRLModule, ValueFunctionAPI):
         obs = batch[Columns.OBS]
         if not self._recurrent:
             obs = obs.unsqueeze(1)
-        x = self.encoder(obs)
-        out, state, power = self.core(x, batch.get(Columns.STATE_IN), return_power=return_power)
+        # Training rows are zero-padded after their valid steps: encoder and core skip that.
+        seq_lens = batch.get(Columns.SEQ_LENS) if self._recurrent else None
+        if seq_lens is not None and tuple(seq_lens.shape) != (obs.shape[0],):
+            seq_lens = None
+        x = self.encoder(obs, seq_lens)
+        out, state, power = self.core(
+            x, batch.get(Columns.STATE_IN), return_power=return_power, seq_lens=seq_lens
+        )
         if not self._recurrent:
             out = out.squeeze(1)
             power = power.squeeze(1) if power is not None else None

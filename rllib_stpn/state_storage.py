@@ -1,92 +1,120 @@
 """Keep only the synaptic states RLlib really needs, instead of one F per environment step.
 
 RLlib's new API stack writes every step's STATE_OUT into the episode, then the learner keeps only
-every `max_seq_len`-th one as STATE_IN. For an LSTM that costs little; for an STPN the synaptic
-memory F is H x D floats (680 KB per step at the Pong size), so a rollout's states dwarf its
-frames and are shipped between processes for nothing.
+the state each training sequence starts from. For an LSTM that costs little; for an STPN the
+synaptic memory F is H x D floats (680 KB per step at the Pong size), so a rollout's states dwarf
+its frames and are shipped between processes for nothing.
 
-Here the F part of STATE_OUT never enters the episode's per-step columns. A module-to-env piece
-moves it to a `SynapticStates` object in `episode.custom_data`, keeping:
-- the current F, which the next forward pass needs: one per episode, shared by its chunks and
+Here the large state keys of a module (`module.compact_state_keys`: F for the STPN cores) never
+enter the episode's per-step columns. A module-to-env piece moves them to a `SynapticStates`
+object in `episode.custom_data`, keeping:
+- the current value, which the next forward pass needs: one per episode, shared by its chunks and
   never shipped to the learner;
-- the F each training sequence of the chunk starts from: the previous chunk's last state for
+- the value each training sequence of the chunk starts from: the previous chunk's last state for
   the first one (None at an episode's start), then the STATE_OUT of steps m-1, 2m-1, ...
-  (m = `max_seq_len`), which is exactly what the learner reads.
-Two replacements of RLlib's `AddStatesFromEpisodesToBatch` (env-to-module and learner) put F
-back, so the module and the training batch see exactly the STATE_IN of RLlib's default path.
+  (m = `max_seq_len`), which is what the learner reads.
+Replacements of RLlib's `AddStatesFromEpisodesToBatch` (env-to-module and learner) put them back,
+so the module and the training batch see exactly the STATE_IN of RLlib's default path.
 
-`install()` (run on `import rllib_stpn`) wraps the three `AlgorithmConfig.build_*_connector`
-methods so that this happens by default for every single-agent config whose module is an
-`STPNModel` with an STPN core; any other config gets RLlib's pipelines unchanged.
+Nothing here changes RLlib's classes. `A2CConfig` builds its pipelines with these pieces (see
+`install_env_to_module` and friends); any other algorithm opts in with `compact_states(config)`,
+which adds them as the config's custom connectors, so they travel with the config to every
+process. A module with `model_config["compact_states"] = False`, or without large state keys,
+gets RLlib's default behaviour from the same pieces.
 """
 
 from __future__ import annotations
 
-import math
-import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.connectors.common.add_states_from_episodes_to_batch import (
+from ray.rllib.connectors.common import (
+    AddObservationsFromEpisodesToBatch,
     AddStatesFromEpisodesToBatch,
+    AddTimeDimToBatchAndZeroPad,
+    BatchIndividualItems,
 )
 from ray.rllib.connectors.connector_v2 import ConnectorV2
-from ray.rllib.connectors.module_to_env import TensorToNumpy
+from ray.rllib.connectors.learner import AddColumnsFromEpisodesToTrainBatch
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
-from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.utils.numpy import convert_to_numpy
 
-F_KEY = "F"
+__all__ = [
+    "STATES_KEY",
+    "AddSynapticStatesToBatch",
+    "BatchSynapticStates",
+    "MoveSynapticStateToEpisode",
+    "SynapticStates",
+    "compact_state_connectors",
+    "compact_state_keys",
+    "compact_states",
+    "install_env_to_module",
+    "install_learner",
+    "install_module_to_env",
+]
+
 STATES_KEY = "stpn_synaptic_states"  # the `custom_data` key of an episode chunk's SynapticStates
 
+State = dict[str, np.ndarray]
+RowStarts = Callable[[int, int], Iterable[int]]
 
-class _CurrentF:
-    """The F after an episode's latest forward pass, shared by all chunks of the episode."""
 
-    __slots__ = ("F",)
+def compact_state_keys(module: Any) -> tuple[str, ...]:
+    """The state keys `module` wants stored compactly (`()` for any other module)."""
+    return tuple(getattr(module, "compact_state_keys", ()) or ())
+
+
+def default_row_starts(length: int, max_seq_len: int) -> range:
+    """RLlib's training rows: a new row every `max_seq_len` steps of a chunk."""
+    return range(0, length, max_seq_len)
+
+
+class _Current:
+    """The compact state after an episode's latest forward pass, shared by all its chunks."""
+
+    __slots__ = ("state",)
 
     def __init__(self) -> None:
-        self.F: np.ndarray | None = None
+        self.state: State | None = None
 
 
 class SynapticStates:
-    """What an episode chunk keeps of F: the start state of each of its training sequences.
+    """What an episode chunk keeps of its compact state keys.
 
-    `lookback` is the F the chunk's first sequence starts from (None at an episode's start) and
-    `kept[i]` the STATE_OUT F of chunk steps i = m-1, 2m-1, ... (m = `max_seq_len`), from which
-    the learner's later sequences start (RLlib's learners append one artificial step to each
-    chunk, so the last step's state is needed when the chunk length is a multiple of m). These
-    arrays are never written to; a chunk's last `kept` entry is the very array its continuation
-    uses as `lookback`, so a 50-step chunk of the paper's Pong setting adds one F, not two.
-    `current` holds the episode's live F and is shared by all its chunks; `cut_from` is the
-    chunk this one continues, until its F is released (see MoveSynapticStateToEpisode);
+    `lookback` is the state the chunk's first sequence starts from (None at an episode's start)
+    and `kept[i]` the STATE_OUT of chunk steps i = m-1, 2m-1, ... (m = `max_seq_len`), from
+    which the learner's later sequences start (RLlib's learners append one artificial step to
+    each chunk, so the last step's state may be needed too). These arrays are never written to;
+    a chunk's last `kept` entry is the very array its continuation uses as `lookback`.
+    `current` holds the episode's live state and is shared by all its chunks; `cut_from` is
+    the chunk this one continues, until its state is released (see MoveSynapticStateToEpisode);
     `shipped` says the chunk has been pickled, i.e. sent to another process.
     """
 
     __slots__ = ("current", "chunk", "lookback", "kept", "cut_from", "shipped", "released")
 
-    def __init__(self, current: _CurrentF | None = None) -> None:
-        self.current = current if current is not None else _CurrentF()
+    def __init__(self, current: _Current | None = None) -> None:
+        self.current = current if current is not None else _Current()
         self.chunk: int | None = None  # `t_started` of the chunk the entries below belong to
-        self.lookback: np.ndarray | None = None
-        self.kept: dict[int, np.ndarray] = {}
+        self.lookback: State | None = None
+        self.kept: dict[int, State] = {}
         self.cut_from: SynapticStates | None = None
         self.shipped = False
         self.released = False
 
     def __deepcopy__(self, memo: dict) -> SynapticStates:
         # `SingleAgentEpisode.cut()` deep-copies `custom_data` into the continuation: share the
-        # episode's live F and the (read-only) arrays instead of copying 680 KB each.
+        # episode's live state and the (read-only) arrays instead of copying 680 KB each.
         other = SynapticStates(self.current)
         other.chunk, other.lookback, other.kept = self.chunk, self.lookback, dict(self.kept)
         other.cut_from = self
         return other
 
     def __getstate__(self) -> dict:
-        # Only the env runner stepping the episode needs the live F: a chunk shipped to the
+        # Only the env runner stepping the episode needs the live state: a chunk shipped to the
         # learner carries what the learner reads, not 680 KB more at the Pong size.
         self.shipped = True
         return {"chunk": self.chunk, "lookback": self.lookback, "kept": self.kept}
@@ -104,68 +132,145 @@ def _missing_state(ep: Any) -> RuntimeError:
         why = "are missing (was it sampled without rllib_stpn's compact state storage?)"
     return RuntimeError(
         f"the synaptic states of episode {ep.id_} (chunk from t={ep.t_started}) {why}; set "
-        "RLLIB_STPN_COMPACT_STATES=0 before ray.init to use RLlib's default path throughout"
+        "model_config['compact_states']=False to use RLlib's default path throughout"
     )
 
 
-def _single_module(rl_module: Any, sa_episode: Any) -> Any:
+def single_module(rl_module: Any, sa_episode: Any) -> Any:
+    """The RLModule that acts for `sa_episode` (`rl_module` itself unless it is a MultiRLModule)."""
     if isinstance(rl_module, MultiRLModule):
         return rl_module[sa_episode.module_id or DEFAULT_MODULE_ID]
     return rl_module
 
 
-class MoveSynapticStateToEpisode(ConnectorV2):
-    """Module-to-env: takes F out of STATE_OUT and keeps what is needed (see SynapticStates).
+def _to_numpy(value: Any) -> np.ndarray:
+    """A CPU tensor's memory as numpy, without a copy (RLlib's `convert_to_numpy` copies)."""
+    if isinstance(value, np.ndarray):
+        return value
+    return value.detach().cpu().numpy()
 
-    RLlib's env runner also keeps every chunk it has returned until the episode ends, for its
-    episode metrics. A chunk that has been pickled (a remote env runner's `sample()` result,
-    or episodes sent to a remote learner) went out with its F, so when its episode's next chunk
-    starts, the F it kept here is dropped: memory then no longer grows with the steps of an
-    episode. Chunks handed on by reference (a local env runner and learner) keep theirs.
+
+def _own_copy(row: np.ndarray) -> np.ndarray:
+    """A row to keep beyond the next step: copied unless it already owns its memory, so that
+    it does not keep the whole batch it came from alive."""
+    return row if row.base is None else row.copy()
+
+
+class MoveSynapticStateToEpisode(ConnectorV2):
+    """Module-to-env: takes the compact keys out of STATE_OUT and keeps what is needed.
+
+    Works on torch tensors or numpy arrays, so it can run before or after RLlib's
+    TensorToNumpy. RLlib's env runner also keeps every chunk it has returned until the episode
+    ends, for its episode metrics. A chunk that has been pickled (a remote env runner's
+    `sample()` result, or episodes sent to a remote learner) went out with its states, so when
+    its episode's next chunk starts, the states it kept here are dropped: memory then no longer
+    grows with the steps of an episode. Chunks handed on by reference keep theirs.
     """
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         state_out = batch.get(Columns.STATE_OUT)
-        if not isinstance(state_out, dict) or F_KEY not in state_out:
+        stepped = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True))
+        if not isinstance(state_out, dict) or not state_out or not stepped:
             return batch
-        F = state_out.pop(F_KEY)  # (B, H*D), rows in the order of the stepping episodes
-        for i, ep in enumerate(
-            self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True)
-        ):
-            states = ep.custom_data.get(STATES_KEY)
-            if states is None:
-                states = ep.custom_data[STATES_KEY] = SynapticStates()
-            if states.chunk != ep.t_started:
-                # The first forward pass of an episode or of a chunk continued after a cut.
-                previous = states.current.F  # the previous chunk's last STATE_OUT
-                if ep.t_started == 0:
-                    states.lookback = None
-                elif previous is None:
-                    raise _missing_state(ep)
-                else:
-                    # A row of the last batch is copied, so that it does not keep the whole
-                    # batch alive; an array of its own (a `kept` entry) is shared.
-                    states.lookback = previous if previous.base is None else previous.copy()
-                states.chunk = ep.t_started
-                states.kept = {}
-                returned, states.cut_from = states.cut_from, None
-                if returned is not None and returned.shipped:
-                    returned.lookback, returned.kept, returned.released = None, {}, True
-            index = len(ep)  # the chunk index this STATE_OUT will be stored at
-            f = F[i]
-            if (index + 1) % _single_module(rl_module, ep).model_config["max_seq_len"] == 0:
-                f = states.kept[index] = f.copy()
-            states.current.F = f
+        module = single_module(rl_module, stepped[0])
+        keys = compact_state_keys(module)
+        if not keys:
+            return batch
+        # Run first (A2C's pipeline), STATE_OUT is the module's batched output, one row per
+        # episode of the env-to-module batch; run as a custom piece (`compact_states`), RLlib
+        # has already split it into one item per episode id.
+        if isinstance(next(iter(state_out)), tuple):
+            rows = [
+                (key[0], {k: _to_numpy(items[0].pop(k)) for k in keys if k in items[0]})
+                for key, items in state_out.items()
+            ]
+        else:
+            # Zero-copy on the CPU; rows of these arrays become the episodes' live states.
+            values = {k: _to_numpy(state_out.pop(k)) for k in keys if k in state_out}
+            ids = (shared_data or {}).get("memorized_map_structure") or [e.id_ for e in stepped]
+            rows = [(eid, {k: v[i] for k, v in values.items()}) for i, eid in enumerate(ids)]
+        # An episode that ended at the last env step has been replaced by a new one by now:
+        # the output computed for its last observation is not needed.
+        by_id = {ep.id_: ep for ep in stepped}
+        max_seq_len = module.model_config["max_seq_len"]
+        for eid, row in rows:
+            ep = by_id.get(eid)
+            if ep is not None and row:
+                self._record(ep, row, max_seq_len)
         return batch
+
+    @staticmethod
+    def _record(ep: Any, row: State, max_seq_len: int) -> None:
+        states = ep.custom_data.get(STATES_KEY)
+        if states is None:
+            states = ep.custom_data[STATES_KEY] = SynapticStates()
+        if states.chunk != ep.t_started:
+            # The first forward pass of an episode or of a chunk continued after a cut.
+            previous = states.current.state  # the previous chunk's last STATE_OUT
+            if ep.t_started == 0:
+                states.lookback = None
+            elif previous is None:
+                raise _missing_state(ep)
+            else:
+                states.lookback = {k: _own_copy(v) for k, v in previous.items()}
+            states.chunk = ep.t_started
+            states.kept = {}
+            returned, states.cut_from = states.cut_from, None
+            if returned is not None and returned.shipped:
+                returned.lookback, returned.kept, returned.released = None, {}, True
+        index = len(ep)  # the chunk index this STATE_OUT will be stored at
+        if (index + 1) % max_seq_len == 0:
+            row = states.kept[index] = {k: v.copy() for k, v in row.items()}
+        states.current.state = row
+
+
+def _start_state(module: Any, ep: Any, keys: tuple[str, ...], states: Any, index: int) -> dict:
+    """The full state before chunk step `index`: STATE_OUT of step index-1 plus its compact keys
+    (the lookback or the initial state for index 0)."""
+    if index == 0 and ep.t_started == 0:
+        return convert_to_numpy(module.get_initial_state())
+    state = dict(
+        ep.get_extra_model_outputs(
+            key=Columns.STATE_OUT, indices=index - 1, neg_index_as_lookback=index == 0
+        )
+    )
+    if keys:
+        compact = states.lookback if index == 0 else states.kept.get(index - 1)
+        if compact is None:
+            raise _missing_state(ep)
+        state.update(compact)
+    return state
 
 
 class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
-    """RLlib's STATE_IN builder, reading F from `custom_data` instead of every step's output."""
+    """RLlib's STATE_IN builder, reading the compact keys from `custom_data`.
+
+    As an env-to-module piece with `batched_later=True`, it leaves the compact keys out and
+    `BatchSynapticStates` (after RLlib's BatchIndividualItems) adds them batched, without a
+    copy when they are the rows of the previous step's output. As a learner piece,
+    `row_starts(length, max_seq_len)` gives the chunk steps its training rows start at (RLlib's
+    layout by default; A2C's has no row for the artificial step alone).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        batched_later: bool = False,
+        row_starts: RowStarts = default_row_starts,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._batched_later = batched_later
+        self._row_starts = row_starts
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         if rl_module is None or not rl_module.is_stateful() or Columns.STATE_IN in batch:
             return batch
         if self._as_learner_connector:
+            if Columns.NEXT_OBS in batch:  # off-policy algorithms: RLlib's own builder
+                return super().__call__(
+                    rl_module=rl_module, batch=batch, episodes=episodes, shared_data=shared_data
+                )
             self._add_training_states(rl_module, batch, episodes)
         else:
             self._add_next_states(rl_module, batch, episodes)
@@ -173,118 +278,206 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
 
     def _add_next_states(self, rl_module, batch, episodes) -> None:
         for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True):
-            module = _single_module(rl_module, ep)
-            states = ep.custom_data.get(STATES_KEY)
+            module = single_module(rl_module, ep)
+            if not module.is_stateful():
+                continue
+            keys = compact_state_keys(module)
             if ep.t_started == 0 and len(ep) == 0:
                 state = convert_to_numpy(module.get_initial_state())
-            elif states is None or states.current.F is None:
-                raise _missing_state(ep)
             else:
                 state = dict(ep.get_extra_model_outputs(key=Columns.STATE_OUT, indices=-1))
-                state[F_KEY] = states.current.F
+                if keys:
+                    states = ep.custom_data.get(STATES_KEY)
+                    if states is None or states.current.state is None:
+                        raise _missing_state(ep)
+                    state.update(states.current.state)
+            if keys and self._batched_later:
+                state = {k: v for k, v in state.items() if k not in keys}
             self.add_batch_item(batch, Columns.STATE_IN, state, single_agent_episode=ep)
 
     def _add_training_states(self, rl_module, batch, episodes) -> None:
         for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
-            module = _single_module(rl_module, ep)
+            module = single_module(rl_module, ep)
             if not module.is_stateful():
                 continue
-            max_seq_len = module.model_config["max_seq_len"]
+            keys = compact_state_keys(module)
             states = ep.custom_data.get(STATES_KEY)
-            if states is None or states.released or (ep.t_started > 0 and states.lookback is None):
+            if keys and (states is None or states.released):
                 raise _missing_state(ep)
-            if ep.t_started == 0:
-                first = convert_to_numpy(module.get_initial_state())
-            else:
-                first = dict(
-                    ep.get_extra_model_outputs(
-                        key=Columns.STATE_OUT, indices=-1, neg_index_as_lookback=True
-                    )
-                )
-                first[F_KEY] = states.lookback
-            num_seqs = int(math.ceil(len(ep) / max_seq_len))
-            starts = [first]
-            for k in range(1, num_seqs):
-                index = k * max_seq_len - 1
-                state = dict(ep.get_extra_model_outputs(key=Columns.STATE_OUT, indices=index))
-                state[F_KEY] = states.kept[index]
-                starts.append(state)
-            stacked = {key: np.stack([s[key] for s in starts]) for key in first}
+            starts = list(self._row_starts(len(ep), module.model_config["max_seq_len"]))
+            rows = [_start_state(module, ep, keys, states, s) for s in starts]
             self.add_n_batch_items(
                 batch=batch,
                 column=Columns.STATE_IN,
-                items_to_add=stacked,
-                num_items=num_seqs,
+                items_to_add={k: np.stack([r[k] for r in rows]) for k in rows[0]},
+                num_items=len(rows),
                 single_agent_episode=ep,
             )
 
 
-def uses_compact_states(config: AlgorithmConfig) -> bool:
-    """True for single-agent configs whose module is an STPNModel with an STPN core.
+class BatchSynapticStates(ConnectorV2):
+    """Env-to-module, after BatchIndividualItems: the compact keys of STATE_IN, batched.
 
-    Setting the environment variable RLLIB_STPN_COMPACT_STATES=0 (before `ray.init`, so that
-    Ray's workers inherit it) restores RLlib's default path, e.g. to compare the two.
+    When the episodes' live states are the consecutive rows of one array (the previous forward
+    pass's output, in the same episode order), that array is used as it is: no per-step copy.
+    Otherwise (a new episode among them, a changed order) the rows are stacked.
     """
-    from rllib_stpn.rl_module import STPNModel
 
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        state_in = batch.get(Columns.STATE_IN)
+        if state_in is None and isinstance(batch.get(DEFAULT_MODULE_ID), dict):
+            state_in = batch[DEFAULT_MODULE_ID].get(Columns.STATE_IN)  # batched per module
+        if not isinstance(state_in, dict):
+            return batch
+        stepped = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True))
+        module = single_module(rl_module, stepped[0]) if stepped else None
+        keys = [k for k in compact_state_keys(module) if k not in state_in] if module else []
+        if not keys:
+            return batch
+        rows: list[State] = []
+        for ep in stepped:
+            if ep.t_started == 0 and len(ep) == 0:
+                initial = convert_to_numpy(module.get_initial_state())
+                rows.append({k: initial[k] for k in keys})
+            else:
+                rows.append(ep.custom_data[STATES_KEY].current.state)
+        for key in keys:
+            state_in[key] = _batched([r[key] for r in rows])
+        return batch
+
+
+def _batched(rows: list[np.ndarray]) -> np.ndarray:
+    """The rows as one (B, ...) array: their common base when they are its consecutive rows."""
+    base = rows[0].base
     if (
-        os.environ.get("RLLIB_STPN_COMPACT_STATES", "1") == "0"
-        or config.is_multi_agent
-        or not (
-            config.add_default_connectors_to_env_to_module_pipeline
-            and config.add_default_connectors_to_module_to_env_pipeline
-            and config.add_default_connectors_to_learner_pipeline
-        )
+        isinstance(base, np.ndarray)
+        and base.ndim == rows[0].ndim + 1
+        and base.shape[0] == len(rows)
+        and base.flags.c_contiguous
+        and all(r.base is base for r in rows)
     ):
-        return False
-    spec = config._rl_module_spec
-    if not isinstance(spec, RLModuleSpec) or not isinstance(spec.module_class, type):
-        return False
-    if not issubclass(spec.module_class, STPNModel):
-        return False
-    return (spec.model_config or {}).get("core", "stpn") in ("stpn", "stpnf")
+        stride = base.strides[0]
+        start = base.__array_interface__["data"][0]
+        if all(r.__array_interface__["data"][0] == start + i * stride for i, r in enumerate(rows)):
+            return base
+    return np.stack(rows)
 
 
-def _replace_state_connector(pipeline, as_learner_connector: bool) -> None:
-    # `insert_after`/`remove` match the exact class, so our subclass is left in place.
-    ours = AddSynapticStatesToBatch(as_learner_connector=as_learner_connector)
+# --------------------------------------------------------------------------- pipelines
+
+
+def install_env_to_module(pipeline: Any) -> None:
+    """In an env-to-module pipeline built by RLlib: the compact STATE_IN pieces (idempotent)."""
+    if any(isinstance(c, AddSynapticStatesToBatch) for c in pipeline.connectors):
+        return
+    if not any(type(c) is AddStatesFromEpisodesToBatch for c in pipeline.connectors):
+        return  # a user-built pipeline without RLlib's default pieces: leave it alone
+    pipeline.insert_after(
+        AddStatesFromEpisodesToBatch, AddSynapticStatesToBatch(batched_later=True)
+    )
+    pipeline.remove(AddStatesFromEpisodesToBatch)
+    pipeline.insert_after(BatchIndividualItems, BatchSynapticStates())
+
+
+def install_module_to_env(pipeline: Any) -> None:
+    """In a module-to-env pipeline: move the compact keys out of STATE_OUT first (idempotent)."""
+    if not any(isinstance(c, MoveSynapticStateToEpisode) for c in pipeline.connectors):
+        pipeline.prepend(MoveSynapticStateToEpisode())
+
+
+def install_learner(pipeline: Any, row_starts: RowStarts = default_row_starts) -> None:
+    """In a learner pipeline built by RLlib: the compact STATE_IN builder (idempotent)."""
+    if any(isinstance(c, AddSynapticStatesToBatch) for c in pipeline.connectors):
+        return
+    if not any(type(c) is AddStatesFromEpisodesToBatch for c in pipeline.connectors):
+        return
+    ours = AddSynapticStatesToBatch(as_learner_connector=True, row_starts=row_starts)
     pipeline.insert_after(AddStatesFromEpisodesToBatch, ours)
     pipeline.remove(AddStatesFromEpisodesToBatch)
 
 
-def install() -> None:
-    """Wrap AlgorithmConfig's connector builders (idempotent)."""
-    if getattr(AlgorithmConfig, "_rllib_stpn_compact_states", False):
-        return
-    build_e2m = AlgorithmConfig.build_env_to_module_connector
-    build_m2e = AlgorithmConfig.build_module_to_env_connector
-    build_learner = AlgorithmConfig.build_learner_connector
+class _WithCompactStates:
+    """A config's custom-connector builder: the user's pieces, then the compact-state ones.
 
-    def build_env_to_module_connector(self, *args, **kwargs):
-        pipeline = build_e2m(self, *args, **kwargs)
-        if uses_compact_states(self):
-            _replace_state_connector(pipeline, as_learner_connector=False)
-        return pipeline
+    Custom pieces run before RLlib's defaults, so ours bring along the default pieces that must
+    run before them; RLlib's own copies then find their columns filled and do nothing.
+    """
 
-    def build_module_to_env_connector(self, *args, **kwargs):
-        pipeline = build_m2e(self, *args, **kwargs)
-        if uses_compact_states(self):
-            # Right after TensorToNumpy the batch still has one row per stepping episode.
-            pipeline.insert_after(TensorToNumpy, MoveSynapticStateToEpisode())
-        return pipeline
+    def __init__(self, kind: str, user: Callable | None) -> None:
+        self.kind, self.user = kind, user
 
-    def build_learner_connector(self, *args, **kwargs):
-        pipeline = build_learner(self, *args, **kwargs)
-        if uses_compact_states(self):
-            _replace_state_connector(pipeline, as_learner_connector=True)
-        return pipeline
+    def __call__(self, *args: Any, **kwargs: Any) -> list[ConnectorV2]:
+        pieces = []
+        if self.user is not None:
+            built = self.user(*args, **kwargs)
+            pieces = list(built) if isinstance(built, list | tuple) else [built]
+        if self.kind == "env_to_module":
+            ours = [
+                AddObservationsFromEpisodesToBatch(),
+                AddTimeDimToBatchAndZeroPad(),
+                AddSynapticStatesToBatch(),
+            ]
+        elif self.kind == "module_to_env":
+            ours = [MoveSynapticStateToEpisode()]
+        else:
+            ours = [
+                AddObservationsFromEpisodesToBatch(as_learner_connector=True),
+                AddColumnsFromEpisodesToTrainBatch(),
+                AddTimeDimToBatchAndZeroPad(as_learner_connector=True),
+                AddSynapticStatesToBatch(as_learner_connector=True),
+            ]
+        return pieces + ours
 
-    for fn, orig in [
-        (build_env_to_module_connector, build_e2m),
-        (build_module_to_env_connector, build_m2e),
-        (build_learner_connector, build_learner),
-    ]:
-        fn.__doc__ = orig.__doc__
-        fn.__wrapped__ = orig
-        setattr(AlgorithmConfig, orig.__name__, fn)
-    AlgorithmConfig._rllib_stpn_compact_states = True
+
+# The AlgorithmConfig attributes that hold the custom-connector builders, by pipeline.
+_CONNECTOR_ATTRS = {
+    "env_to_module": "_env_to_module_connector",
+    "module_to_env": "_module_to_env_connector",
+    "learner": "_learner_connector",
+}
+
+
+def compact_state_connectors(current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config attributes `compact_states` sets (e.g. into a dict for `update_from_dict`).
+
+    `current` maps those attribute names to builders already set; they keep running first.
+    """
+    current = current or {}
+    out = {}
+    for kind, attr in _CONNECTOR_ATTRS.items():
+        builder = current.get(attr)
+        if not isinstance(builder, _WithCompactStates):
+            builder = _WithCompactStates(kind, builder)
+        out[attr] = builder
+    return out
+
+
+def compact_states(config: Any) -> Any:
+    """Store STPN states compactly in `config` (any algorithm; A2C does it by itself).
+
+    Adds the compact-state pieces as the config's custom env-to-module, module-to-env and
+    learner connectors (after any you set), so they travel with the config to every env runner
+    and learner process, Tune trials included. Modules without large state keys, or with
+    `model_config["compact_states"] = False`, are unaffected. Idempotent; returns `config`.
+
+        config = rllib_stpn.compact_states(PPOConfig().environment(...).rl_module(...))
+    """
+    if _is_a2c(config):
+        return config
+    if config.is_multi_agent:
+        raise ValueError("compact_states supports single-agent configs only")
+    builders = compact_state_connectors(
+        {attr: getattr(config, attr) for attr in _CONNECTOR_ATTRS.values()}
+    )
+    config.env_runners(
+        env_to_module_connector=builders["_env_to_module_connector"],
+        module_to_env_connector=builders["_module_to_env_connector"],
+    )
+    config.learners(learner_connector=builders["_learner_connector"])
+    return config
+
+
+def _is_a2c(config: Any) -> bool:
+    from rllib_stpn.algorithms.a2c import A2CConfig
+
+    return isinstance(config, A2CConfig)

@@ -7,40 +7,57 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
+import rllib_stpn
+from rllib_stpn import A2CConfig, compact_states
 from rllib_stpn.rl_module import STPNModel
 from rllib_stpn.state_storage import (
     STATES_KEY,
     AddSynapticStatesToBatch,
     MoveSynapticStateToEpisode,
-    uses_compact_states,
 )
 
 MAX_SEQ_LEN = 4
 
 
-def make_config(core: str = "stpn", rollout: int = 7) -> PPOConfig:
-    return (
-        PPOConfig()
-        .environment("CartPole-v1")
+def make_config(
+    core: str = "stpn",
+    rollout: int = 7,
+    *,
+    algo: str = "ppo",
+    compact: bool = True,
+    max_seq_len: int = MAX_SEQ_LEN,
+) -> AlgorithmConfig:
+    """PPO with `compact_states(config)`, or A2C (which stores states compactly by itself);
+    `compact=False` switches the storage off through the module's own model_config."""
+    config = A2CConfig() if algo == "a2c" else PPOConfig()
+    config = (
+        config.environment("CartPole-v1")
         .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=rollout)
         .rl_module(
             rl_module_spec=RLModuleSpec(
                 module_class=STPNModel,
-                model_config={"core": core, "hidden_size": 8, "max_seq_len": MAX_SEQ_LEN},
+                model_config={
+                    "core": core,
+                    "hidden_size": 8,
+                    "max_seq_len": max_seq_len,
+                    "compact_states": compact,
+                },
             )
         )
         .debugging(seed=3)
     )
+    return compact_states(config) if algo == "ppo" else config
 
 
 def sample_and_learner_batch(
-    monkeypatch, compact: bool, num_samples: int = 3, rollout: int = 7, ship: bool = True
+    compact: bool, num_samples: int = 3, rollout: int = 7, ship: bool = True, algo: str = "ppo"
 ):
     """Episodes from `num_samples` rollouts and the learner connector's batch for each.
 
@@ -48,21 +65,22 @@ def sample_and_learner_batch(
     remote env runner (so the runner may release their F later); without, by reference. The
     returned episodes are the env runner's own objects.
     """
-    monkeypatch.setenv("RLLIB_STPN_COMPACT_STATES", "1" if compact else "0")
-    config = make_config(rollout=rollout)
+    config = make_config(rollout=rollout, algo=algo, compact=compact)
     torch.manual_seed(0)
     runner = SingleAgentEnvRunner(config=config)
     learner_connector = config.build_learner_connector(
         runner.env.single_observation_space, runner.env.single_action_space
     )
     learner_connector.remove("NumpyToTensor")  # compare the numpy batches
-    # PPO's and A2C's learners add one artificial step per chunk (for the value bootstrap).
-    learner_connector.prepend(AddOneTsToEpisodesAndTruncate())
+    if algo == "ppo":  # PPO's learner adds one artificial step per chunk (A2C's config does)
+        learner_connector.prepend(AddOneTsToEpisodesAndTruncate())
     batches, all_episodes = [], []
     for _ in range(num_samples):
         episodes = runner.sample(explore=False)
+        for ep in episodes:  # before a learner connector extends the episodes by reference
+            ep.custom_data["sampled_actions"] = np.array(ep.get_actions())
         all_episodes.append(episodes)
-        shipped = pickle.loads(pickle.dumps(episodes))
+        shipped = pickle.loads(pickle.dumps(episodes)) if ship else episodes
         batch = learner_connector(
             rl_module=runner.module, batch={}, episodes=shipped, shared_data={}
         )
@@ -70,55 +88,89 @@ def sample_and_learner_batch(
     return runner, all_episodes, batches
 
 
-def test_pipelines_are_swapped_only_for_stpn_cores(monkeypatch):
-    monkeypatch.delenv("RLLIB_STPN_COMPACT_STATES", raising=False)
-    assert uses_compact_states(make_config("stpn"))
-    assert uses_compact_states(make_config("stpnf"))
-    assert not uses_compact_states(make_config("lstm"))
-    assert not uses_compact_states(PPOConfig().environment("CartPole-v1"))
-    runner = SingleAgentEnvRunner(config=make_config())
+def test_import_changes_nothing_in_rllib():
+    """`import rllib_stpn` leaves RLlib's classes alone: PPO gets RLlib's pipelines unless the
+    config opts in."""
+    assert rllib_stpn.compact_states is compact_states
+    for name in (
+        "build_env_to_module_connector",
+        "build_module_to_env_connector",
+        "build_learner_connector",
+    ):
+        assert getattr(AlgorithmConfig, name).__module__.startswith("ray.rllib")
+        assert getattr(PPOConfig, name).__module__.startswith("ray.rllib")
+    plain = make_config()
+    plain._env_to_module_connector = plain._module_to_env_connector = None
+    plain._learner_connector = None
+    runner = SingleAgentEnvRunner(config=plain)
+    pieces = runner._env_to_module.connectors + runner._module_to_env.connectors
+    assert not any(
+        isinstance(c, AddSynapticStatesToBatch | MoveSynapticStateToEpisode) for c in pieces
+    )
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_pipelines_hold_the_compact_pieces(algo):
+    runner = SingleAgentEnvRunner(config=make_config(algo=algo))
     assert any(isinstance(c, AddSynapticStatesToBatch) for c in runner._env_to_module.connectors)
     assert any(isinstance(c, MoveSynapticStateToEpisode) for c in runner._module_to_env.connectors)
 
 
+def test_opt_in_survives_tune_config_dict_round_trip():
+    """Tune hands the algorithm `config.to_dict()`: the opt-in travels inside it."""
+    config = make_config()
+    rebuilt = PPOConfig().update_from_dict(pickle.loads(pickle.dumps(config.to_dict())))
+    runner = SingleAgentEnvRunner(config=rebuilt)
+    episodes = runner.sample(explore=False)
+    assert all(STATES_KEY in ep.custom_data for ep in episodes)
+    assert all(set(ep.get_extra_model_outputs(key=Columns.STATE_OUT)) == {"h"} for ep in episodes)
+    assert compact_states(config) is config  # idempotent
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
 @pytest.mark.parametrize("rollout", [7, 2 * MAX_SEQ_LEN])
-def test_chunks_keep_one_synaptic_state_per_sequence(monkeypatch, rollout):
+def test_chunks_keep_one_synaptic_state_per_sequence(rollout, algo):
     """No per-step F; a chunk holds one F per training sequence, none kept twice in memory."""
-    monkeypatch.delenv("RLLIB_STPN_COMPACT_STATES", raising=False)
-    runner = SingleAgentEnvRunner(config=make_config(rollout=rollout))
+    runner = SingleAgentEnvRunner(config=make_config(rollout=rollout, algo=algo))
     episodes = [runner.sample(explore=False) for _ in range(3)]  # never pickled: none released
     F_size = np.asarray(runner.module.get_initial_state()["F"]).size
-    last_kept = {}  # episode id -> (chunk end, F kept at the chunk's last step)
+    last_kept = {}  # episode id -> (chunk end, state kept at the chunk's last step)
     for ep in [ep for eps in episodes for ep in eps]:
         assert set(ep.get_extra_model_outputs(key=Columns.STATE_OUT)) == {"h"}
         states = ep.custom_data[STATES_KEY]
         assert sorted(states.kept) == list(range(MAX_SEQ_LEN - 1, len(ep), MAX_SEQ_LEN))
         starts = [states.lookback] if ep.t_started > 0 else []
         starts += list(states.kept.values())
-        # The learner's sequences over the chunk plus its one artificial step, less the zero
-        # initial state at an episode's start.
-        assert len(starts) == -(-(len(ep) + 1) // MAX_SEQ_LEN) - (ep.t_started == 0)
-        assert all(f.shape == (F_size,) and f.base is None for f in starts)  # no batch pinned
-        end, f = last_kept.get(ep.id_, (None, None))
-        if end == ep.t_started and f is not None:
-            assert states.lookback is f  # the previous chunk's last kept F, shared
+        assert len(starts) == len(ep) // MAX_SEQ_LEN + (ep.t_started > 0)
+        # No batch pinned by a kept row.
+        assert all(s["F"].shape == (F_size,) and s["F"].base is None for s in starts)
+        end, kept = last_kept.get(ep.id_, (None, None))
+        if end == ep.t_started and kept is not None:
+            assert states.lookback["F"] is kept["F"]  # the previous chunk's last kept F, shared
         last_kept[ep.id_] = (ep.t, states.kept.get(len(ep) - 1))
         shipped = pickle.loads(pickle.dumps(ep))
-        assert shipped.custom_data[STATES_KEY].current.F is None  # the live F stays here
+        assert shipped.custom_data[STATES_KEY].current.state is None  # the live F stays here
 
 
-@pytest.mark.parametrize("rollout,ship", [(7, True), (2 * MAX_SEQ_LEN, True), (7, False)])
-def test_state_in_equals_rllib_default_path(monkeypatch, rollout, ship):
-    """Same seeds, greedy actions: identical STATE_IN, across rollout boundaries too."""
+@pytest.mark.parametrize(
+    "algo,rollout,ship",
+    [("ppo", 7, True), ("ppo", 2 * MAX_SEQ_LEN, True), ("ppo", 7, False), ("a2c", 7, True)],
+)
+def test_state_in_equals_rllib_default_path(rollout, ship, algo):
+    """Same seeds, greedy actions: identical STATE_IN with and without compact storage,
+    across rollout boundaries too (for A2C, in A2C's own row layout)."""
     _, eps_default, batches_default = sample_and_learner_batch(
-        monkeypatch, compact=False, rollout=rollout
+        compact=False, rollout=rollout, algo=algo
     )
     _, eps_compact, batches_compact = sample_and_learner_batch(
-        monkeypatch, compact=True, rollout=rollout, ship=ship
+        compact=True, rollout=rollout, ship=ship, algo=algo
     )
     for ed, ec in zip(eps_default, eps_compact):
+        assert all(STATES_KEY not in ep.custom_data for ep in ed)  # the default path really ran
         for a, b in zip(ed, ec):
-            np.testing.assert_array_equal(a.get_actions(), b.get_actions())
+            np.testing.assert_array_equal(
+                a.custom_data["sampled_actions"], b.custom_data["sampled_actions"]
+            )
     boundary_rows = 0
     for bd, bc, eps in zip(batches_default, batches_compact, eps_compact):
         sd, sc = bd[Columns.STATE_IN], bc[Columns.STATE_IN]
@@ -132,15 +184,16 @@ def test_state_in_equals_rllib_default_path(monkeypatch, rollout, ship):
             if ep.t_started > 0:
                 assert np.abs(np.asarray(sc["F"])[row]).sum() > 0
                 boundary_rows += 1
-            row += -(-(len(ep) + 1) // MAX_SEQ_LEN)  # with the artificial step
+            steps = len(ep.custom_data["sampled_actions"])  # without the artificial step
+            row += -(-(steps + 1) // MAX_SEQ_LEN) if algo == "ppo" else -(-steps // MAX_SEQ_LEN)
         assert row == len(sc["F"])
     assert boundary_rows > 0
 
 
-def test_shipped_chunks_release_their_synaptic_states(monkeypatch):
+def test_shipped_chunks_release_their_synaptic_states():
     """A chunk pickled for the learner drops its F here once its episode moves on; fed to a
     learner afterwards, it gives a clear error instead of training from wrong states."""
-    runner, episodes, _ = sample_and_learner_batch(monkeypatch, compact=True, num_samples=2)
+    runner, episodes, _ = sample_and_learner_batch(compact=True, num_samples=2)
     continued = {ep.id_ for ep in episodes[1] if ep.t_started > 0}
     released = [ep for ep in episodes[0] if ep.id_ in continued]
     assert released
@@ -154,8 +207,33 @@ def test_shipped_chunks_release_their_synaptic_states(monkeypatch):
         learner_connector(rl_module=runner.module, batch={}, episodes=released, shared_data={})
 
 
-def test_remote_env_runner_releases_returned_chunks(monkeypatch, ray_session):
-    monkeypatch.delenv("RLLIB_STPN_COMPACT_STATES", raising=False)
+def test_sampling_batches_the_live_states_without_a_copy():
+    """Step after step, the F the module gets is the array its previous step returned; a new
+    batch is built only when an episode starts (its zero F) or a kept F was copied."""
+    max_seq_len = 50
+    runner = SingleAgentEnvRunner(config=make_config(algo="a2c", max_seq_len=max_seq_len))
+    seen = []
+    forward = runner.module.forward_exploration
+
+    def spy(batch, **kwargs):
+        out = forward(batch, **kwargs)
+        seen.append((batch[Columns.STATE_IN]["F"], out[Columns.STATE_OUT]["F"]))
+        return out
+
+    runner.module.forward_exploration = spy
+    for _ in range(3):
+        runner.sample(explore=True)
+    shared = other = 0
+    for (_, previous_out), (state_in, _) in zip(seen, seen[1:]):
+        if state_in.data_ptr() == previous_out.data_ptr():
+            shared += 1
+        elif not (state_in.abs().sum(-1) == 0).any():
+            other += 1  # a step after one that kept its F (every max_seq_len steps)
+    assert other <= 2 * len(seen) // max_seq_len + 2
+    assert shared > 0.7 * len(seen)
+
+
+def test_remote_env_runner_releases_returned_chunks(ray_session):
     runner = ray_session.remote(SingleAgentEnvRunner).remote(config=make_config())
     first = ray_session.get(runner.sample.remote(explore=False))
     ray_session.get(runner.sample.remote(explore=False))
@@ -175,10 +253,9 @@ def test_remote_env_runner_releases_returned_chunks(monkeypatch, ray_session):
     assert not any(ep.custom_data[STATES_KEY].released for ep in first)
 
 
-def test_ppo_in_a_ray_actor_with_several_samples_per_iteration(monkeypatch, ray_session):
+def test_ppo_in_a_ray_actor_with_several_samples_per_iteration(ray_session):
     """A Tune trial runs its local env runner inside a Ray actor and PPO samples several
     times per iteration there; episodes reach the local learner by reference, whole."""
-    monkeypatch.delenv("RLLIB_STPN_COMPACT_STATES", raising=False)
     config = make_config().training(train_batch_size_per_learner=42, minibatch_size=14)
 
     @ray_session.remote

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.connectors.common import AddTimeDimToBatchAndZeroPad
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.utils.annotations import override
@@ -32,6 +34,8 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 from ray.rllib.utils.schedules.scheduler import Scheduler
+
+from rllib_stpn import state_storage
 
 if TYPE_CHECKING:
     from typing import Self  # Python >= 3.11; annotations are strings here (no runtime use)
@@ -112,6 +116,41 @@ class A2CConfig(AlgorithmConfig):
         from rllib_stpn.algorithms.a2c_learner import A2CTorchLearner
 
         return A2CTorchLearner
+
+    # The connector pipelines are RLlib's defaults with a few of A2C's own pieces (this config's
+    # builders, as IMPALA's does): large recurrent states (the STPN's synaptic memory F) are
+    # stored once per training sequence instead of once per step (`rllib_stpn.state_storage`),
+    # and the learner's rows take each chunk's artificial bootstrap step into its last row.
+
+    @override(AlgorithmConfig)
+    def build_env_to_module_connector(self, env=None, spaces=None, device=None):
+        pipeline = super().build_env_to_module_connector(env=env, spaces=spaces, device=device)
+        if self.add_default_connectors_to_env_to_module_pipeline:
+            state_storage.install_env_to_module(pipeline)
+        return pipeline
+
+    @override(AlgorithmConfig)
+    def build_module_to_env_connector(self, env=None, spaces=None):
+        pipeline = super().build_module_to_env_connector(env=env, spaces=spaces)
+        if self.add_default_connectors_to_module_to_env_pipeline:
+            state_storage.install_module_to_env(pipeline)
+        return pipeline
+
+    @override(AlgorithmConfig)
+    def build_learner_connector(self, input_observation_space, input_action_space, device=None):
+        from rllib_stpn.algorithms.a2c_learner import A2CTrainingRows, bootstrap_row_starts
+
+        pipeline = super().build_learner_connector(
+            input_observation_space, input_action_space, device
+        )
+        if self.add_default_connectors_to_learner_pipeline:
+            # One artificial step per episode chunk gives the bootstrap value V(s_T) in the same
+            # batched forward pass as all other values (it is masked out of the loss).
+            pipeline.prepend(AddOneTsToEpisodesAndTruncate())
+            pipeline.insert_after(AddTimeDimToBatchAndZeroPad, A2CTrainingRows())
+            pipeline.remove(AddTimeDimToBatchAndZeroPad)
+            state_storage.install_learner(pipeline, row_starts=bootstrap_row_starts)
+        return pipeline
 
     @override(AlgorithmConfig)
     def training(

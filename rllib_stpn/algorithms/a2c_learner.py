@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from ray.rllib.connectors.connector_v2 import ConnectorV2
-from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
+import tree
+from ray.rllib.connectors.common import AddTimeDimToBatchAndZeroPad
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
@@ -15,9 +16,11 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.lambda_defaultdict import LambdaDefaultDict
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
-from ray.rllib.utils.postprocessing.zero_padding import split_and_zero_pad_n_episodes
 from ray.rllib.utils.schedules.scheduler import Scheduler
+from ray.rllib.utils.spaces.space_utils import batch as batch_fn
 from ray.rllib.utils.torch_utils import explained_variance
+
+from rllib_stpn.state_storage import single_module
 
 if TYPE_CHECKING:
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
@@ -28,8 +31,6 @@ if TYPE_CHECKING:
 VF_EXPLAINED_VAR_KEY = "vf_explained_var"
 CURR_ENTROPY_COEFF_KEY = "curr_entropy_coeff"
 ADVANTAGE_MEAN_KEY = "advantage_mean"
-# Batch column (bool) of the slots that hold a real or phantom step (False: zero padding).
-STEP_MASK = "a2c_step_mask"
 
 
 def compute_a2c_value_targets(
@@ -73,40 +74,93 @@ def compute_a2c_value_targets(
     return (advantages + values).astype(np.float32)
 
 
-class A2CStepMask(ConnectorV2):
-    """Learner connector piece marking which batch slots hold (real or phantom) steps.
+def bootstrap_row_starts(length: int, max_seq_len: int) -> range:
+    """Where A2C's training rows start in a chunk of `length` steps (the last one artificial).
 
-    Runs last in the learner pipeline, after ``AddOneTsToEpisodesAndTruncate`` appended one
-    phantom step per episode chunk and (for stateful modules) the batch was split into
-    zero-padded ``max_seq_len`` rows. The loss uses the mask to flatten values, rewards and
-    done flags back into episode order and to compute the advantages from the values of its
-    own forward pass: A2C takes one gradient step per batch, so these are exactly the current
-    values and a separate value pass (as PPO's GAE connector does) would be pure overhead.
+    Rows start every `max_seq_len` steps, and the artificial bootstrap step joins the chunk's
+    last row (which may then hold max_seq_len + 1 steps) instead of opening a row of its own,
+    as RLlib's layout does when the chunk length is a multiple of max_seq_len: for the paper's
+    Pong setting (50-step rollouts, max_seq_len 50) that halves the rows the learner runs.
+    """
+    return range(0, max(length - 1, 1), max_seq_len)
+
+
+def _row_bounds(length: int, max_seq_len: int) -> list[tuple[int, int]]:
+    starts = list(bootstrap_row_starts(length, max_seq_len))
+    return list(zip(starts, [*starts[1:], length]))
+
+
+def _padded(a: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((width, *a.shape[1:]), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class A2CTrainingRows(AddTimeDimToBatchAndZeroPad):
+    """Learner piece: splits each chunk into zero-padded rows of max_seq_len + 1 slots.
+
+    Replaces RLlib's AddTimeDimToBatchAndZeroPad in A2C's learner pipeline (the rows of
+    `bootstrap_row_starts`, which `AddSynapticStatesToBatch` gives states for). Adds SEQ_LENS
+    (the steps of each row, the artificial one included), which the module uses to skip the
+    padding, and which the loss uses to find the slots that hold steps.
     """
 
-    @override(ConnectorV2)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "as_learner_connector": True})
+
+    @override(AddTimeDimToBatchAndZeroPad)
     def __call__(
         self,
         *,
         rl_module: MultiRLModule,
-        episodes: list[EpisodeType],
         batch: dict[str, Any],
+        episodes: list[EpisodeType],
+        explore: bool | None = None,
+        shared_data: dict | None = None,
         **kwargs: Any,
     ) -> Any:
-        sa_episodes = list(
-            self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)
-        )
-        for module_id, module_batch in batch.items():
-            module = rl_module[module_id]
-            # Lengths include the phantom bootstrap step of each chunk.
-            episode_lens = [len(e) for e in sa_episodes if e.module_id in (None, module_id)]
-            mask = np.ones(sum(episode_lens), dtype=np.float32)
-            if module.is_stateful():
-                max_seq_len = module.model_config["max_seq_len"]
-                mask = np.stack(split_and_zero_pad_n_episodes(mask, episode_lens, max_seq_len))
-            device = module_batch[Columns.REWARDS].device
-            module_batch[STEP_MASK] = torch.from_numpy(mask).to(device) > 0
+        if rl_module is None or not rl_module.is_stateful() or Columns.STATE_IN in batch:
+            return batch
+        for column, column_data in batch.items():
+            if column == Columns.INFOS:
+                continue
+            for key, items in column_data.items():
+                module_id = key[2] if len(key) == 3 else None
+                if module_id is not None and not rl_module[module_id].is_stateful():
+                    continue
+                max_seq_len = self._get_max_seq_len(rl_module, module_id=module_id)
+                steps = batch_fn(items, individual_items_already_have_batch_dim="auto")
+                length = len(tree.flatten(steps)[0])
+                width = max_seq_len + 1
+                column_data[key] = [
+                    tree.map_structure(lambda a, s=s, e=e, w=width: _padded(a[s:e], w), steps)
+                    for s, e in _row_bounds(length, max_seq_len)
+                ]
+                shared_data[f"_zero_padded_for_mid={module_id or DEFAULT_MODULE_ID}"] = True
+        for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
+            module = single_module(rl_module, episode)
+            if not module.is_stateful():
+                continue
+            max_seq_len = module.model_config["max_seq_len"]
+            bounds = _row_bounds(len(episode), max_seq_len)
+            seq_lens = [e - s for s, e in bounds]
+            self.add_n_batch_items(
+                batch, Columns.SEQ_LENS, seq_lens, len(seq_lens), single_agent_episode=episode
+            )
+            if not shared_data.get("_added_loss_mask_for_valid_episode_ts"):
+                mask = [np.arange(max_seq_len + 1) < n for n in seq_lens]
+                self.add_n_batch_items(
+                    batch, Columns.LOSS_MASK, mask, len(mask), single_agent_episode=episode
+                )
         return batch
+
+
+def step_mask(batch: dict[str, Any], values: torch.Tensor) -> torch.Tensor:
+    """The slots of `values` that hold a step, real or artificial (False: zero padding)."""
+    if values.dim() == 2 and Columns.SEQ_LENS in batch:
+        seq_lens = batch[Columns.SEQ_LENS].to(values.device)
+        return torch.arange(values.shape[1], device=values.device) < seq_lens.unsqueeze(1)
+    return torch.ones_like(values, dtype=torch.bool)
 
 
 class A2CTorchLearner(TorchLearner):
@@ -122,14 +176,6 @@ class A2CTorchLearner(TorchLearner):
                 device=self._device,
             )
         )
-        if (
-            self._learner_connector is not None
-            and self.config.add_default_connectors_to_learner_pipeline
-        ):
-            # One phantom step per episode chunk gives the bootstrap value V(s_T) in the same
-            # batched forward pass as all other values (it is masked out of the loss).
-            self._learner_connector.prepend(AddOneTsToEpisodesAndTruncate())
-            self._learner_connector.append(A2CStepMask())
 
     @override(TorchLearner)
     def remove_module(self, module_id: ModuleID, **kwargs: Any) -> Any:
@@ -146,7 +192,7 @@ class A2CTorchLearner(TorchLearner):
         self, config: A2CConfig, batch: dict[str, Any], values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Advantages and value targets (no gradient), shaped like ``values``."""
-        steps = batch[STEP_MASK]  # real + phantom steps, without zero padding
+        steps = step_mask(batch, values)  # real + phantom steps, without zero padding
 
         def flat(x: torch.Tensor) -> np.ndarray:
             return x[steps].detach().to("cpu", torch.float64).numpy()

@@ -40,6 +40,9 @@ class MemoryCore(nn.Module):
 
     input_size: int
     hidden_size: int
+    # State keys whose size grows with the synapse count (F for the STPN): RLlib keeps them once
+    # per training sequence instead of once per step (`rllib_stpn.state_storage`).
+    compact_state_keys: tuple[str, ...] = ()
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample state shapes, e.g. {"h": (H,)}; {} for a stateless core."""
@@ -66,13 +69,22 @@ class MemoryCore(nn.Module):
         return state
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, *, return_power: bool = False
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        *,
+        return_power: bool = False,
+        seq_lens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """`seq_lens` (B,): valid steps per row of a zero-padded x; steps after them are ignored
+        by the caller, so a core may skip them (the STPN does) or compute over them."""
         raise NotImplementedError
 
 
 class STPNCore(MemoryCore):
     """STPNr (`recurrent=True`) or STPNf; state {"h": (B, H), "F": (B, H*D)} with F flattened."""
+
+    compact_state_keys = ("F",)
 
     def __init__(
         self,
@@ -96,11 +108,14 @@ class STPNCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"h": (self.hidden_size,), "F": (self.hidden_size * self.stpn.synapse_size,)}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         state = self._state_or_zeros(x, state)
         B, H, D = x.shape[0], self.hidden_size, self.stpn.synapse_size
         result = self.stpn(
-            x, STPNState(state["h"], state["F"].reshape(B, H, D)), return_power=return_power
+            x,
+            STPNState(state["h"], state["F"].reshape(B, H, D)),
+            return_power=return_power,
+            seq_lens=seq_lens,
         )
         out, new = result[0], result[1]
         power = result[2] if return_power else None
@@ -118,7 +133,7 @@ class LSTMCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"h": (self.hidden_size,), "c": (self.hidden_size,)}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         state = self._state_or_zeros(x, state)
         h0, c0 = state["h"], state["c"]
         out, (h, c) = self.lstm(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
@@ -140,7 +155,7 @@ class RNNCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"h": (self.hidden_size,)}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         state = self._state_or_zeros(x, state)
         h0 = state["h"]
         out, h = self.rnn(x, h0.unsqueeze(0).contiguous())
@@ -162,7 +177,7 @@ class MLPCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         out = torch.tanh(self.linear(x))
         power = _gate_power(x, None, self.linear.weight, None) if return_power else None
         return out, {}, power
@@ -205,16 +220,40 @@ class Encoder(nn.Module):
         # uint8 frames are scaled to [0, 1]; other observations are passed as they are.
         self.scale = scale
 
-    def _prepare(self, obs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, obs: torch.Tensor, seq_lens: torch.Tensor | None = None) -> torch.Tensor:
+        """obs (B, T, *obs_shape) -> (B, T, output_size).
+
+        With `seq_lens` (B,), only the first seq_lens[b] steps of row b are encoded; the
+        zero padding after them gets zero features (the learner masks it out anyway).
+        """
         lead = obs.shape[: obs.dim() - len(self.obs_shape)]
         if len(lead) != 2 or tuple(obs.shape[2:]) != self.obs_shape:
             raise ValueError(
                 f"observations must have shape (B, T, *{self.obs_shape}), got {tuple(obs.shape)}"
             )
-        x = obs.to(torch.get_default_dtype()) if not obs.is_floating_point() else obs
+        B, T = lead
+        valid = None
+        if seq_lens is not None and self.skips_padding:
+            valid = torch.arange(T, device=obs.device) < seq_lens.to(obs.device).unsqueeze(1)
+            if bool(valid.all()):
+                valid = None
+        frames = obs[valid] if valid is not None else obs.reshape(B * T, *self.obs_shape)
+        x = frames.to(torch.get_default_dtype()) if not frames.is_floating_point() else frames
         if self.scale != 1.0:
             x = x * self.scale
-        return x, (lead[0], lead[1])
+        features = self.encode(x)
+        if valid is None:
+            return features.reshape(B, T, self.output_size)
+        out = features.new_zeros(B, T, self.output_size)
+        out[valid] = features
+        return out
+
+    # Whether encoding the padding costs enough to be worth gathering the valid steps first.
+    skips_padding = True
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, *obs_shape) float observations -> (N, output_size)."""
+        raise NotImplementedError
 
 
 class FlattenEncoder(Encoder):
@@ -224,9 +263,10 @@ class FlattenEncoder(Encoder):
         super().__init__(obs_shape, scale)
         self.output_size = int(np.prod(obs_shape))
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x, (B, T) = self._prepare(obs)
-        return x.reshape(B, T, self.output_size)
+    skips_padding = False  # nothing to compute: the padding is zeros already
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.output_size)
 
 
 class MLPEncoder(Encoder):
@@ -242,9 +282,8 @@ class MLPEncoder(Encoder):
         self.net = nn.Sequential(*layers)
         self.output_size = size
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x, (B, T) = self._prepare(obs)
-        return self.net(x.reshape(B, T, -1))
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.reshape(x.shape[0], -1))
 
 
 class AtariCNNEncoder(Encoder):
@@ -268,10 +307,8 @@ class AtariCNNEncoder(Encoder):
         out_h, out_w = ((height - 8) // 4 + 1 - 4) // 2 + 1, ((width - 8) // 4 + 1 - 4) // 2 + 1
         self.output_size = 32 * out_h * out_w
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x, (B, T) = self._prepare(obs)
-        x = x.reshape(B * T, *self.obs_shape).permute(0, 3, 1, 2)  # NHWC -> NCHW
-        return self.net(x).reshape(B, T, self.output_size)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
 
 
 def build_encoder(encoder: str, obs_space: gym.Space, hiddens: list[int] | None = None) -> Encoder:
