@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 STATES_KEY = "stpn_synaptic_states"  # the `custom_data` key of an episode chunk's SynapticStates
+# Stands in for a state whose keys are all compact (HebbFF's): RLlib's episode buffers cannot
+# hold an empty STATE_OUT dict. Never reaches the module.
+PLACEHOLDER = "_stpn_compact"
 
 State = dict[str, np.ndarray]
 RowStarts = Callable[[int, int], Iterable[int]]
@@ -150,6 +153,10 @@ def _to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy()
 
 
+def _modules(rl_module: Any) -> list[Any]:
+    return list(rl_module.values()) if isinstance(rl_module, MultiRLModule) else [rl_module]
+
+
 def _own_copy(row: np.ndarray) -> np.ndarray:
     """A row to keep beyond the next step: copied unless it already owns its memory, so that
     it does not keep the whole batch it came from alive."""
@@ -180,15 +187,20 @@ class MoveSynapticStateToEpisode(ConnectorV2):
         # episode of the env-to-module batch; run as a custom piece (`compact_states`), RLlib
         # has already split it into one item per episode id.
         if isinstance(next(iter(state_out)), tuple):
-            rows = [
-                (key[0], {k: _to_numpy(items[0].pop(k)) for k in keys if k in items[0]})
-                for key, items in state_out.items()
-            ]
+            rows = []
+            for key, items in state_out.items():
+                rows.append(
+                    (key[0], {k: _to_numpy(items[0].pop(k)) for k in keys if k in items[0]})
+                )
+                if not items[0]:
+                    items[0][PLACEHOLDER] = np.zeros((), np.float32)
         else:
             # Zero-copy on the CPU; rows of these arrays become the episodes' live states.
             values = {k: _to_numpy(state_out.pop(k)) for k in keys if k in state_out}
             ids = (shared_data or {}).get("memorized_map_structure") or [e.id_ for e in stepped]
             rows = [(eid, {k: v[i] for k, v in values.items()}) for i, eid in enumerate(ids)]
+            if not state_out:
+                state_out[PLACEHOLDER] = np.zeros(len(ids), np.float32)
         # An episode that ended at the last env step has been replaced by a new one by now:
         # the output computed for its last observation is not needed.
         by_id = {ep.id_: ep for ep in stepped}
@@ -234,6 +246,7 @@ def _start_state(module: Any, ep: Any, keys: tuple[str, ...], states: Any, index
             key=Columns.STATE_OUT, indices=index - 1, neg_index_as_lookback=index == 0
         )
     )
+    state.pop(PLACEHOLDER, None)
     if keys:
         compact = states.lookback if index == 0 else states.kept.get(index - 1)
         if compact is None:
@@ -268,6 +281,11 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
             return batch
         if self._as_learner_connector:
             if Columns.NEXT_OBS in batch:  # off-policy algorithms: RLlib's own builder
+                if any(compact_state_keys(m) for m in _modules(rl_module)):
+                    raise ValueError(
+                        "compact state storage does not build NEXT_STATE_IN (off-policy "
+                        "algorithms); set model_config['compact_states']=False"
+                    )
                 return super().__call__(
                     rl_module=rl_module, batch=batch, episodes=episodes, shared_data=shared_data
                 )
@@ -286,6 +304,7 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
                 state = convert_to_numpy(module.get_initial_state())
             else:
                 state = dict(ep.get_extra_model_outputs(key=Columns.STATE_OUT, indices=-1))
+                state.pop(PLACEHOLDER, None)
                 if keys:
                     states = ep.custom_data.get(STATES_KEY)
                     if states is None or states.current.state is None:
@@ -293,6 +312,7 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
                     state.update(states.current.state)
             if keys and self._batched_later:
                 state = {k: v for k, v in state.items() if k not in keys}
+                state = state or {PLACEHOLDER: np.zeros((), np.float32)}
             self.add_batch_item(batch, Columns.STATE_IN, state, single_agent_episode=ep)
 
     def _add_training_states(self, rl_module, batch, episodes) -> None:
@@ -343,6 +363,7 @@ class BatchSynapticStates(ConnectorV2):
                 rows.append(ep.custom_data[STATES_KEY].current.state)
         for key in keys:
             state_in[key] = _batched([r[key] for r in rows])
+        state_in.pop(PLACEHOLDER, None)
         return batch
 
 

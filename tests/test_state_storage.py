@@ -57,7 +57,12 @@ def make_config(
 
 
 def sample_and_learner_batch(
-    compact: bool, num_samples: int = 3, rollout: int = 7, ship: bool = True, algo: str = "ppo"
+    compact: bool,
+    num_samples: int = 3,
+    rollout: int = 7,
+    ship: bool = True,
+    algo: str = "ppo",
+    core: str = "stpn",
 ):
     """Episodes from `num_samples` rollouts and the learner connector's batch for each.
 
@@ -65,9 +70,12 @@ def sample_and_learner_batch(
     remote env runner (so the runner may release their F later); without, by reference. The
     returned episodes are the env runner's own objects.
     """
-    config = make_config(rollout=rollout, algo=algo, compact=compact)
+    config = make_config(core, rollout=rollout, algo=algo, compact=compact)
     torch.manual_seed(0)
     runner = SingleAgentEnvRunner(config=config)
+    if core == "hebbff":  # its plastic rate starts at 0, which would leave its state at zero
+        with torch.no_grad():
+            runner.module.core.layer.eta.fill_(-0.5)
     learner_connector = config.build_learner_connector(
         runner.env.single_observation_space, runner.env.single_action_space
     )
@@ -153,17 +161,24 @@ def test_chunks_keep_one_synaptic_state_per_sequence(rollout, algo):
 
 
 @pytest.mark.parametrize(
-    "algo,rollout,ship",
-    [("ppo", 7, True), ("ppo", 2 * MAX_SEQ_LEN, True), ("ppo", 7, False), ("a2c", 7, True)],
+    "algo,rollout,ship,core",
+    [
+        ("ppo", 7, True, "stpn"),
+        ("ppo", 2 * MAX_SEQ_LEN, True, "stpn"),
+        ("ppo", 7, False, "stpn"),
+        ("a2c", 7, True, "stpn"),
+        ("a2c", 7, True, "fastweights"),
+        ("ppo", 7, True, "hebbff"),  # its whole state is compact: STATE_OUT keeps nothing
+    ],
 )
-def test_state_in_equals_rllib_default_path(rollout, ship, algo):
+def test_state_in_equals_rllib_default_path(rollout, ship, algo, core):
     """Same seeds, greedy actions: identical STATE_IN with and without compact storage,
     across rollout boundaries too (for A2C, in A2C's own row layout)."""
     _, eps_default, batches_default = sample_and_learner_batch(
-        compact=False, rollout=rollout, algo=algo
+        compact=False, rollout=rollout, algo=algo, core=core
     )
     _, eps_compact, batches_compact = sample_and_learner_batch(
-        compact=True, rollout=rollout, ship=ship, algo=algo
+        compact=True, rollout=rollout, ship=ship, algo=algo, core=core
     )
     for ed, ec in zip(eps_default, eps_compact):
         assert all(STATES_KEY not in ep.custom_data for ep in ed)  # the default path really ran
@@ -174,19 +189,21 @@ def test_state_in_equals_rllib_default_path(rollout, ship, algo):
     boundary_rows = 0
     for bd, bc, eps in zip(batches_default, batches_compact, eps_compact):
         sd, sc = bd[Columns.STATE_IN], bc[Columns.STATE_IN]
-        assert set(sd) == set(sc) == {"h", "F"}
+        big = {"stpn": "F", "fastweights": "A", "hebbff": "A"}[core]
+        assert set(sd) == set(sc) and big in sc
         for key in sd:
             np.testing.assert_array_equal(np.asarray(sd[key]), np.asarray(sc[key]))
         # The first sequence of a chunk that continues an episode across a rollout boundary
         # starts from the previous chunk's last state, which is not the zero initial state.
         row = 0
         for ep in eps:
+            assert big not in ep.get_extra_model_outputs(key=Columns.STATE_OUT)
             if ep.t_started > 0:
-                assert np.abs(np.asarray(sc["F"])[row]).sum() > 0
+                assert np.abs(np.asarray(sc[big])[row]).sum() > 0
                 boundary_rows += 1
             steps = len(ep.custom_data["sampled_actions"])  # without the artificial step
             row += -(-(steps + 1) // MAX_SEQ_LEN) if algo == "ppo" else -(-steps // MAX_SEQ_LEN)
-        assert row == len(sc["F"])
+        assert row == len(sc[big])
     assert boundary_rows > 0
 
 
