@@ -8,8 +8,9 @@ chunk of an ongoing episode until the episode ends (for its episode metrics), so
 episode ends (they last ~800 steps) that growth is what each sampled step costs. The data figure
 is exact; the RSS one also carries the allocator's fragmentation and varies from run to run.
 Variants:
-- stpn          STPNModel with the plugin's compact state storage (the default);
-- stpn-default  the same with RLlib's default path (every step's F kept in the episode);
+- stpn          STPNModel with the plugin's compact state storage (A2C's default);
+- stpn-default  the same with RLlib's default path (`compact_states: False`: every step's F kept
+                in the episode);
 - lstm          STPNModel with the LSTM core.
 Each variant runs in a fresh process with its own Ray instance, so the peaks are its own.
 
@@ -27,9 +28,9 @@ import sys
 import time
 
 VARIANTS = {
-    "stpn": ({"core": "stpn", "hidden_size": 64}, True),
-    "stpn-default": ({"core": "stpn", "hidden_size": 64}, False),
-    "lstm": ({"core": "lstm", "hidden_size": 48}, True),
+    "stpn": {"core": "stpn", "hidden_size": 64},
+    "stpn-default": {"core": "stpn", "hidden_size": 64, "compact_states": False},
+    "lstm": {"core": "lstm", "hidden_size": 48},
 }
 
 
@@ -82,8 +83,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
 
     from rllib_stpn import A2CConfig, STPNModel
 
-    model_config, compact = VARIANTS[name]
-    os.environ["RLLIB_STPN_COMPACT_STATES"] = "1" if compact else "0"  # inherited by Ray workers
+    model_config = VARIANTS[name]
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     config = (
         A2CConfig()
@@ -108,6 +108,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
     held = lambda: algo.env_runner_group.foreach_env_runner(  # noqa: E731
         _episode_data_bytes, local_env_runner=False
     )[0]
+    walls = _time_iteration_parts(algo)
     # Warm-up: the first calls allocate and compile, and only the second rollout of an episode
     # reaches the steady state of the compact storage (one chunk's start F, one F kept).
     for _ in range(2):
@@ -116,11 +117,15 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
     held_warm = held()
     steps_per_iter = envs * rollout
     episodes_ended = 0
+    for series in walls.values():
+        series.clear()
     start = time.perf_counter()
     for _ in range(iterations):
         result = algo.train()
         episodes_ended += result["env_runners"].get("num_episodes", 0)
     elapsed = time.perf_counter() - start
+    parts = {f"{k}_s": sum(v) / len(v) for k, v in walls.items()}
+    parts.update(_per_step_timers(result))
     runner_rss, runner_peak = _peak_rss_mb(runner_pid)
     held_end = held()
     _, learner_peak = _peak_rss_mb(learner_pid)
@@ -136,6 +141,44 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         "episode_kb_per_step": (held_end - held_warm) / 1024 / (steps_per_iter * iterations),
         "episodes_ended": episodes_ended,
         "learner_peak_mb": learner_peak,
+        **parts,
+    }
+
+
+def _time_iteration_parts(algo) -> dict[str, list[float]]:
+    """Wall time of each iteration's sampling round and learner update, as A2C calls them."""
+    import rllib_stpn.algorithms.a2c as a2c_module
+
+    walls: dict[str, list[float]] = {"sample": [], "update": []}
+
+    def timed(fn, series):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                series.append(time.perf_counter() - start)
+
+        return wrapper
+
+    a2c_module.synchronous_parallel_sample = timed(
+        a2c_module.synchronous_parallel_sample, walls["sample"]
+    )
+    algo.learner_group.update = timed(algo.learner_group.update, walls["update"])
+    return walls
+
+
+def _per_step_timers(result: dict) -> dict[str, float]:
+    """RLlib's own timers (smoothed over recent calls): per sampled step in the env runner, and
+    the learner connector per update, in milliseconds."""
+    runners = result["env_runners"]
+    learner = result["learners"]["__all_modules__"]["learner_connector"]
+    return {
+        "inference_ms": 1e3 * runners["rlmodule_inference_timer"],
+        "env_to_module_ms": 1e3 * runners["env_to_module_connector"]["connector_pipeline_timer"],
+        "module_to_env_ms": 1e3 * runners["module_to_env_connector"]["connector_pipeline_timer"],
+        "env_step_ms": 1e3 * runners["env_step_timer"],
+        "learner_connector_ms": 1e3 * learner["connector_pipeline_timer"],
     }
 
 
@@ -187,12 +230,36 @@ def main() -> None:
     for r in results.values():
         print("".join(f"{r[key]:{align}{fmt}}" for _, key, align, fmt in columns))
 
+    print("\nwhere the time goes (per iteration: sampling round and learner update, wall s;")
+    print("per sampled step in the env runner and per update in the learner: RLlib's timers, ms)")
+    parts = [
+        ("sample s", "sample_s", ">10", ".3f"),
+        ("update s", "update_s", ">10", ".3f"),
+        ("infer ms", "inference_ms", ">10", ".2f"),
+        ("e2m ms", "env_to_module_ms", ">9", ".2f"),
+        ("m2e ms", "module_to_env_ms", ">9", ".2f"),
+        ("env ms", "env_step_ms", ">9", ".2f"),
+        ("lconn ms", "learner_connector_ms", ">10", ".1f"),
+    ]
+    print(f"{'variant':<14}" + "".join(f"{title:{align}}" for title, _, align, _ in parts))
+    for r in results.values():
+        print(f"{r['variant']:<14}" + "".join(f"{r[k]:{a}{f}}" for _, k, a, f in parts))
+
     def ratio(a: dict, b: dict, key: str) -> str:
         return f"{a[key] / b[key]:.2f}x"
 
     if "stpn" in results and "lstm" in results:
         s, lstm = results["stpn"], results["lstm"]
         print(f"throughput STPN / LSTM: {ratio(s, lstm, 'env_steps_per_s')}")
+        for r in (s, lstm):
+            r["connectors_ms"] = r["env_to_module_ms"] + r["module_to_env_ms"]
+        print(
+            f"STPN / LSTM: sampling {ratio(s, lstm, 'sample_s')}, learner update "
+            f"{ratio(s, lstm, 'update_s')}, learner connector "
+            f"{ratio(s, lstm, 'learner_connector_ms')}, connectors per sampled step "
+            f"{ratio(s, lstm, 'connectors_ms')}, inference per sampled step "
+            f"{ratio(s, lstm, 'inference_ms')}"
+        )
         print(
             f"env-runner memory per sampled step STPN / LSTM: RSS "
             f"{ratio(s, lstm, 'runner_kb_per_step')}, episode data "

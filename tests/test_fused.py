@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -395,3 +396,43 @@ def test_seq_lens_are_checked():
     layer = STPN(3, 4)
     with pytest.raises(ValueError, match=r"seq_lens must hold 2 lengths in \[0, 5\], got \[6, 1\]"):
         layer(torch.randn(2, 5, 3), seq_lens=torch.tensor([6, 1]))
+
+
+@pytest.mark.parametrize("T", [1, 4])
+def test_seq_lens_without_grad_match_training_path(T, backend):
+    """The sampling path (no autograd, one or several steps) honours the lengths too."""
+    torch.manual_seed(18)
+    layer = STPN(4, 5)
+    with torch.no_grad():
+        layer.weight_gamma.uniform_(-0.5, 0.5)
+    x = torch.randn(3, T, 4)
+    state = STPNState(torch.randn(3, 5), torch.randn(3, 5, 9) * 0.3)
+    lens = torch.tensor([T, 0, 1])
+    expected = layer(x, state, return_power=True, seq_lens=lens)
+    with torch.no_grad():
+        got = layer(x, state, return_power=True, seq_lens=lens)
+    for a, b in zip(
+        (got[0], got[1].h, got[1].F, got[2]),
+        (expected[0], expected[1].h, expected[1].F, expected[2]),
+    ):
+        torch.testing.assert_close(a, b.detach())
+    torch.testing.assert_close(got[1].F[1], state.F[1])  # length 0: the state stays
+
+
+def test_returned_states_are_never_overwritten(backend):
+    """The C++ op reuses output buffers nothing refers to any more; states still held (by a
+    caller, a numpy view, a slice) keep their values however many steps run after them."""
+    torch.manual_seed(19)
+    layer = STPN(6, 5)
+    x = torch.randn(4, 1, 6)
+    held, copies = [], []
+    state = None
+    with torch.no_grad():
+        for step in range(8):
+            _, state = layer(x, state)
+            if step % 2 == 0:
+                view = state.F.numpy()[1] if step % 4 == 0 else state.F[2:]
+                held.append(view)
+                copies.append(torch.as_tensor(np.array(view)).clone())
+    for view, copy_ in zip(held, copies):
+        torch.testing.assert_close(torch.as_tensor(np.asarray(view)), copy_)

@@ -43,7 +43,8 @@ SOURCE = Path(__file__).with_name("stpn_kernel.cpp")
 
 
 def _cpu_flags() -> list[str]:
-    """-mavx2 -mfma where this x86 CPU has them (about 20% faster at the Pong size).
+    """The vector instructions this x86 CPU has: -mavx2 -mfma (about 20% faster at the Pong size
+    than SSE), and AVX-512 on top where present (a sampling step 20% faster again).
 
     They are part of the build's name, so a cache directory shared with a CPU without them
     gets a separate build instead of an illegal instruction.
@@ -53,7 +54,10 @@ def _cpu_flags() -> list[str]:
             for line in f:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
-                    return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+                    out = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
+                    if out and {"avx512f", "avx512vl"} <= flags:
+                        out += ["-mavx512f", "-mavx512vl", "-mprefer-vector-width=512"]
+                    return out
     except OSError:
         pass
     return []

@@ -17,7 +17,9 @@
 //   returned F, its outputs and power on the padding are zero.
 // * The saved states F_1..F_{T-1} are one buffer advised to transparent huge pages: faulting it
 //   in 4 KiB at a time cost more than the forward's own pass over it (0.29 s vs 0.08 s at the
-//   Pong size).
+//   Pong size). It and the new F come from a pool of buffers reused once nothing refers to
+//   them, so a steady run faults in no fresh pages at all (see `pooled`).
+// * One step (sampling) reads each row of F once: reduce it, compute its neuron, write it.
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
@@ -28,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -95,6 +98,61 @@ struct FDest {
     return ((len - 1 - t) % 2 == 0) ? FT : spare;
   }
 };
+
+// One step (the sampling case): each row of F is reduced and updated while it is in L1, so F is
+// read once instead of twice (fwd_kernel's first step needs all of h before any row is written,
+// because it reduces the next step's rows as it writes). Neurons go in blocks whose parameter
+// rows stay in L2 while every sample's rows stream through.
+template <typename T, bool NORM, bool POW>
+void fwd_one_step(const T* x, const T* h0, const T* F0, const T* W, const T* bias, const T* L,
+                  const T* G, const int64_t* lens, int64_t B, int64_t I, int64_t H, int64_t D,
+                  bool recurrent, T eps, T* FT, T* out, T* S, T* N, T* R, T* P, int nthreads) {
+  std::vector<T> z(B * D);
+  const int64_t nb = block_size(H, D, 3, sizeof(T));
+#pragma omp parallel num_threads(nthreads)
+  {
+    int64_t b0, b1;
+    sample_range(B, b0, b1);
+    for (int64_t b = b0; b < b1; ++b) {
+      build_z(z.data() + b * D, x + b * I, 0, h0 + b * H, 0, 1, 1, I, H, D, recurrent);
+    }
+    for (int64_t i0 = 0; i0 < H; i0 += nb) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const bool idle = lens && lens[b] == 0;  // length 0: F and h stay, outputs are zero
+        const T* __restrict zb = z.data() + b * D;
+        for (int64_t i = i0; i < std::min(H, i0 + nb); ++i) {
+          const int64_t k = b * H + i;
+          const T* __restrict f = F0 + k * D;
+          T* __restrict fd = FT + k * D;
+          if (idle) {
+            std::copy(f, f + D, fd);
+            out[k] = T(0);
+            if (POW) P[k] = T(0);
+            continue;
+          }
+          const T* __restrict l = L + i * D;
+          const T* __restrict g = G + i * D;
+          T s, q, pa;
+          reduce_row<T, NORM, POW>(f, W + i * D, zb, D, s, q, pa);
+          T n = 1;
+          if (NORM) {
+            const T r = std::sqrt(q);
+            n = r + eps;
+            R[k] = r;
+            N[k] = n;
+          }
+          const T h = std::tanh(s / n + (bias ? bias[i] : T(0)));
+          out[k] = h;
+          S[k] = s;
+          if (POW) P[k] = pa / n;
+          const T iv = T(1) / n;
+#pragma omp simd
+          for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * zb[j]);
+        }
+      }
+    }
+  }
+}
 
 template <typename T, bool NORM, bool POW>
 void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias, const T* L,
@@ -331,6 +389,38 @@ Tensor uninit(at::IntArrayRef sizes, const at::TensorOptions& o) {
   return Tensor(at::detail::empty_cpu(sizes, o));
 }
 
+// Large output buffers (the new F, and the saved states F_1..F_{T-1} of a training forward,
+// hundreds of MB at the Pong size) come from a small pool: a buffer is handed out again once
+// nothing references it any more (no tensor, view or numpy array of it is alive), since
+// faulting in fresh pages (the kernel zeroes each one) cost about a third of a sampling step and
+// of a training forward. The pool is never freed (a process that runs the layer keeps needing
+// it) and never hands out a buffer that is still in use.
+Tensor pooled(at::IntArrayRef sizes, const at::TensorOptions& o, bool huge) {
+  static std::mutex mutex;
+  static auto* pool = new std::vector<Tensor>();  // not destroyed at exit, after torch's allocator
+  constexpr size_t kMaxBuffers = 6;
+  int64_t n = 1;
+  for (const int64_t d : sizes) n *= d;
+  const auto free = [](const Tensor& t) {
+    return t.use_count() == 1 && t.storage().use_count() == 1;
+  };
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const Tensor& t : *pool) {
+    if (free(t) && t.numel() == n && t.scalar_type() == o.dtype().toScalarType()) {
+      return t.view(sizes);
+    }
+  }
+  Tensor t = uninit({n}, o);
+  if (huge) advise_huge(t);
+  if (pool->size() < kMaxBuffers) {
+    pool->push_back(t);
+  } else {
+    const auto unused = std::find_if(pool->begin(), pool->end(), free);
+    if (unused != pool->end()) *unused = t;
+  }
+  return t.view(sizes);
+}
+
 template <typename T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
@@ -367,9 +457,9 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
   Tensor N = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
   Tensor R = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
   Tensor P = power ? uninit({B, Tn, H}, o) : uninit({0}, o);
-  Tensor FT = uninit({B, H, D}, o);
-  Tensor Fs = (keep && Tn > 1) ? advise_huge(uninit({Tn - 1, B, H, D}, o)) : uninit({0}, o);
-  Tensor spare = (!keep && Tn > 1) ? uninit({B, H, D}, o) : uninit({0}, o);
+  Tensor FT = pooled({B, H, D}, o, false);
+  Tensor Fs = (keep && Tn > 1) ? pooled({Tn - 1, B, H, D}, o, true) : uninit({0}, o);
+  Tensor spare = (!keep && Tn > 1) ? pooled({B, H, D}, o, false) : uninit({0}, o);
   const int nt = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T = scalar_t;
@@ -382,6 +472,20 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
              const_cast<T*>(ptr_or_null<T>(N)), const_cast<T*>(ptr_or_null<T>(R)),
              const_cast<T*>(ptr_or_null<T>(P)), nt);
     };
+    if (Tn == 1) {
+      auto step = [&](auto kernel) {
+        kernel(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(), W.data_ptr<T>(),
+               ptr_or_null<T>(bias), L.data_ptr<T>(), G.data_ptr<T>(), len, B, I, H, D,
+               recurrent, static_cast<T>(eps), FT.data_ptr<T>(), out.data_ptr<T>(),
+               S.data_ptr<T>(), const_cast<T*>(ptr_or_null<T>(N)),
+               const_cast<T*>(ptr_or_null<T>(R)), const_cast<T*>(ptr_or_null<T>(P)), nt);
+      };
+      if (normalize && power) step(fwd_one_step<T, true, true>);
+      else if (normalize) step(fwd_one_step<T, true, false>);
+      else if (power) step(fwd_one_step<T, false, true>);
+      else step(fwd_one_step<T, false, false>);
+      return;
+    }
     if (normalize && power) run(fwd_kernel<T, true, true>);
     else if (normalize) run(fwd_kernel<T, true, false>);
     else if (power) run(fwd_kernel<T, false, true>);
