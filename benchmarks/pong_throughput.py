@@ -109,6 +109,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         _episode_data_bytes, local_env_runner=False
     )[0]
     walls = _time_iteration_parts(algo)
+    _process_timers(algo, "install")
     # Warm-up: the first calls allocate and compile, and only the second rollout of an episode
     # reaches the steady state of the compact storage (one chunk's start F, one F kept).
     for _ in range(2):
@@ -119,13 +120,14 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
     episodes_ended = 0
     for series in walls.values():
         series.clear()
+    _process_timers(algo, "clear")
     start = time.perf_counter()
     for _ in range(iterations):
         result = algo.train()
         episodes_ended += result["env_runners"].get("num_episodes", 0)
     elapsed = time.perf_counter() - start
     parts = {f"{k}_s": sum(v) / len(v) for k, v in walls.items()}
-    parts.update(_per_step_timers(result))
+    parts.update(_process_timers(algo, "read"))
     runner_rss, runner_peak = _peak_rss_mb(runner_pid)
     held_end = held()
     _, learner_peak = _peak_rss_mb(learner_pid)
@@ -168,18 +170,74 @@ def _time_iteration_parts(algo) -> dict[str, list[float]]:
     return walls
 
 
-def _per_step_timers(result: dict) -> dict[str, float]:
-    """RLlib's own timers (smoothed over recent calls): per sampled step in the env runner, and
-    the learner connector per update, in milliseconds."""
-    runners = result["env_runners"]
-    learner = result["learners"]["__all_modules__"]["learner_connector"]
+class _Timed:
+    """Stands in for a callable attribute (a connector pipeline, a module's forward) and adds
+    the wall time of each call to `times`; other attributes are the wrapped object's."""
+
+    def __init__(self, wrapped, times: list[float]) -> None:
+        self._wrapped, self._times = wrapped, times
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._wrapped(*args, **kwargs)
+        finally:
+            self._times.append(time.perf_counter() - start)
+
+    def __getattr__(self, name):
+        return getattr(self._wrapped, name)
+
+
+# Where each process-side timer sits: (object path on the env runner or learner, attribute).
+_RUNNER_PARTS = {
+    "inference": ("module", "forward_exploration"),
+    "env_to_module": (None, "_env_to_module"),
+    "module_to_env": (None, "_module_to_env"),
+}
+_LEARNER_PARTS = {"learner_connector": (None, "_learner_connector"), "learner": (None, "update")}
+
+
+def _install_timers(owner, parts: dict) -> None:
+    owner._bench_times = {name: [] for name in parts}
+    for name, (path, attr) in parts.items():
+        target = owner if path is None else getattr(owner, path)
+        setattr(target, attr, _Timed(getattr(target, attr), owner._bench_times[name]))
+
+
+def _clear_timers(owner) -> None:
+    for series in owner._bench_times.values():
+        series.clear()
+
+
+def _read_timers(owner) -> dict[str, float]:
+    return {name: sum(v) / len(v) for name, v in owner._bench_times.items() if v}
+
+
+def _process_timers(algo, action: str):
+    """Install, clear or read the timers in the remote env runner and learner processes."""
+    runner_fn = {"install": lambda r: _install_timers(r, _RUNNER_PARTS)}.get(
+        action, _clear_timers if action == "clear" else _read_timers
+    )
+    learner_fn = {"install": lambda ln: _install_timers(ln, _LEARNER_PARTS)}.get(
+        action, _clear_timers if action == "clear" else _read_timers
+    )
+    runner = algo.env_runner_group.foreach_env_runner(runner_fn, local_env_runner=False)[0]
+    learner = [r.get() for r in algo.learner_group.foreach_learner(learner_fn)][0]
+    if action != "read":
+        return None
     return {
-        "inference_ms": 1e3 * runners["rlmodule_inference_timer"],
-        "env_to_module_ms": 1e3 * runners["env_to_module_connector"]["connector_pipeline_timer"],
-        "module_to_env_ms": 1e3 * runners["module_to_env_connector"]["connector_pipeline_timer"],
-        "env_step_ms": 1e3 * runners["env_step_timer"],
-        "learner_connector_ms": 1e3 * learner["connector_pipeline_timer"],
+        "inference_ms": 1e3 * runner["inference"],
+        "env_to_module_ms": 1e3 * runner["env_to_module"],
+        "module_to_env_ms": 1e3 * runner["module_to_env"],
+        "learner_connector_ms": 1e3 * learner["learner_connector"],
+        "learner_ms": 1e3 * learner["learner"],
     }
+
+
+def _print_table(results: dict, columns: list[tuple[str, str, str, str]]) -> None:
+    print("".join(f"{title:{align}}" for title, _, align, _ in columns))
+    for r in results.values():
+        print("".join(f"{r[key]:{align}{fmt}}" for _, key, align, fmt in columns))
 
 
 def main() -> None:
@@ -226,24 +284,25 @@ def main() -> None:
         ("learner peak MiB", "learner_peak_mb", ">18", ".0f"),
         ("episodes ended", "episodes_ended", ">16", ""),
     ]
-    print("".join(f"{title:{align}}" for title, _, align, _ in columns))
-    for r in results.values():
-        print("".join(f"{r[key]:{align}{fmt}}" for _, key, align, fmt in columns))
+    _print_table(results, columns)
 
-    print("\nwhere the time goes (per iteration: sampling round and learner update, wall s;")
-    print("per sampled step in the env runner and per update in the learner: RLlib's timers, ms)")
-    parts = [
-        ("sample s", "sample_s", ">10", ".3f"),
-        ("update s", "update_s", ">10", ".3f"),
-        ("infer ms", "inference_ms", ">10", ".2f"),
-        ("e2m ms", "env_to_module_ms", ">9", ".2f"),
-        ("m2e ms", "module_to_env_ms", ">9", ".2f"),
-        ("env ms", "env_step_ms", ">9", ".2f"),
-        ("lconn ms", "learner_connector_ms", ">10", ".1f"),
-    ]
-    print(f"{'variant':<14}" + "".join(f"{title:{align}}" for title, _, align, _ in parts))
-    for r in results.values():
-        print(f"{r['variant']:<14}" + "".join(f"{r[k]:{a}{f}}" for _, k, a, f in parts))
+    print("\nwhere the time goes: per iteration, the sampling round and the learner update (wall")
+    print("s, as A2C calls them); per sampled step, the module's forward and the env-to-module and")
+    print("module-to-env connectors in the env runner; per update, the learner's connector and its")
+    print("whole update in the learner process (ms, means over the timed iterations)")
+    _print_table(
+        results,
+        [
+            ("variant", "variant", "<14", ""),
+            ("sample s", "sample_s", ">10", ".3f"),
+            ("update s", "update_s", ">10", ".3f"),
+            ("infer ms", "inference_ms", ">10", ".2f"),
+            ("e2m ms", "env_to_module_ms", ">9", ".2f"),
+            ("m2e ms", "module_to_env_ms", ">9", ".2f"),
+            ("lconn ms", "learner_connector_ms", ">10", ".1f"),
+            ("learner ms", "learner_ms", ">12", ".1f"),
+        ],
+    )
 
     def ratio(a: dict, b: dict, key: str) -> str:
         return f"{a[key] / b[key]:.2f}x"
@@ -255,7 +314,8 @@ def main() -> None:
             r["connectors_ms"] = r["env_to_module_ms"] + r["module_to_env_ms"]
         print(
             f"STPN / LSTM: sampling {ratio(s, lstm, 'sample_s')}, learner update "
-            f"{ratio(s, lstm, 'update_s')}, learner connector "
+            f"{ratio(s, lstm, 'update_s')} (in the learner {ratio(s, lstm, 'learner_ms')}), "
+            f"learner connector "
             f"{ratio(s, lstm, 'learner_connector_ms')}, connectors per sampled step "
             f"{ratio(s, lstm, 'connectors_ms')}, inference per sampled step "
             f"{ratio(s, lstm, 'inference_ms')}"

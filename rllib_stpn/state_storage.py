@@ -94,12 +94,25 @@ class SynapticStates:
     a chunk's last `kept` entry is the very array its continuation uses as `lookback`.
     `current` holds the episode's live state and is shared by all its chunks; `cut_from` is
     the chunk this one continues, until its state is released (see MoveSynapticStateToEpisode);
-    `shipped` says the chunk has been pickled, i.e. sent to another process.
+    `shipped` says the chunk has been pickled, i.e. sent to another process. `last` is the
+    chunk index of the latest step; with `ship_last=False` (A2C, whose learner rows never start
+    after a chunk's last step) the state kept there stays in the env runner, for the chunk that
+    continues the episode, and is not shipped with this one.
     """
 
-    __slots__ = ("current", "chunk", "lookback", "kept", "cut_from", "shipped", "released")
+    __slots__ = (
+        "current",
+        "chunk",
+        "lookback",
+        "kept",
+        "cut_from",
+        "shipped",
+        "released",
+        "last",
+        "ship_last",
+    )
 
-    def __init__(self, current: _Current | None = None) -> None:
+    def __init__(self, current: _Current | None = None, ship_last: bool = True) -> None:
         self.current = current if current is not None else _Current()
         self.chunk: int | None = None  # `t_started` of the chunk the entries below belong to
         self.lookback: State | None = None
@@ -107,11 +120,13 @@ class SynapticStates:
         self.cut_from: SynapticStates | None = None
         self.shipped = False
         self.released = False
+        self.last = -1
+        self.ship_last = ship_last
 
     def __deepcopy__(self, memo: dict) -> SynapticStates:
         # `SingleAgentEpisode.cut()` deep-copies `custom_data` into the continuation: share the
         # episode's live state and the (read-only) arrays instead of copying 680 KB each.
-        other = SynapticStates(self.current)
+        other = SynapticStates(self.current, self.ship_last)
         other.chunk, other.lookback, other.kept = self.chunk, self.lookback, dict(self.kept)
         other.cut_from = self
         return other
@@ -120,7 +135,10 @@ class SynapticStates:
         # Only the env runner stepping the episode needs the live state: a chunk shipped to the
         # learner carries what the learner reads, not 680 KB more at the Pong size.
         self.shipped = True
-        return {"chunk": self.chunk, "lookback": self.lookback, "kept": self.kept}
+        kept = self.kept
+        if not self.ship_last and self.last in kept:
+            kept = {i: v for i, v in kept.items() if i != self.last}
+        return {"chunk": self.chunk, "lookback": self.lookback, "kept": kept}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
@@ -174,6 +192,10 @@ class MoveSynapticStateToEpisode(ConnectorV2):
     grows with the steps of an episode. Chunks handed on by reference keep theirs.
     """
 
+    def __init__(self, *args: Any, ship_last: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ship_last = ship_last
+
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         state_out = batch.get(Columns.STATE_OUT)
         stepped = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=True))
@@ -211,11 +233,10 @@ class MoveSynapticStateToEpisode(ConnectorV2):
                 self._record(ep, row, max_seq_len)
         return batch
 
-    @staticmethod
-    def _record(ep: Any, row: State, max_seq_len: int) -> None:
+    def _record(self, ep: Any, row: State, max_seq_len: int) -> None:
         states = ep.custom_data.get(STATES_KEY)
         if states is None:
-            states = ep.custom_data[STATES_KEY] = SynapticStates()
+            states = ep.custom_data[STATES_KEY] = SynapticStates(ship_last=self._ship_last)
         if states.chunk != ep.t_started:
             # The first forward pass of an episode or of a chunk continued after a cut.
             previous = states.current.state  # the previous chunk's last STATE_OUT
@@ -234,6 +255,7 @@ class MoveSynapticStateToEpisode(ConnectorV2):
         if (index + 1) % max_seq_len == 0:
             row = states.kept[index] = {k: v.copy() for k, v in row.items()}
         states.current.state = row
+        states.last = index
 
 
 def _start_state(module: Any, ep: Any, keys: tuple[str, ...], states: Any, index: int) -> dict:
@@ -329,7 +351,11 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
             self.add_n_batch_items(
                 batch=batch,
                 column=Columns.STATE_IN,
-                items_to_add={k: np.stack([r[k] for r in rows]) for k in rows[0]},
+                # One row (the common case): a view, not a copy; RLlib batches them next.
+                items_to_add={
+                    k: rows[0][k][None] if len(rows) == 1 else np.stack([r[k] for r in rows])
+                    for k in rows[0]
+                },
                 num_items=len(rows),
                 single_agent_episode=ep,
             )
@@ -400,10 +426,13 @@ def install_env_to_module(pipeline: Any) -> None:
     pipeline.insert_after(BatchIndividualItems, BatchSynapticStates())
 
 
-def install_module_to_env(pipeline: Any) -> None:
-    """In a module-to-env pipeline: move the compact keys out of STATE_OUT first (idempotent)."""
+def install_module_to_env(pipeline: Any, ship_last: bool = True) -> None:
+    """In a module-to-env pipeline: move the compact keys out of STATE_OUT first (idempotent).
+
+    `ship_last=False` when the learner never starts a row after a chunk's last step (A2C).
+    """
     if not any(isinstance(c, MoveSynapticStateToEpisode) for c in pipeline.connectors):
-        pipeline.prepend(MoveSynapticStateToEpisode())
+        pipeline.prepend(MoveSynapticStateToEpisode(ship_last=ship_last))
 
 
 def install_learner(pipeline: Any, row_starts: RowStarts = default_row_starts) -> None:

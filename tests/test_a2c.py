@@ -376,3 +376,80 @@ def test_a2c_trains_stpn_model_on_maze(ray_session) -> None:
     )
     results = _train_recurrent(spec, "stpn/Maze-v0", iterations=4)
     _check_recurrent_results(results)
+
+
+class _RLlibLayoutA2CConfig(A2CConfig):
+    """A2C whose learner uses RLlib's own rows (the layout before A2C's bootstrap rows)."""
+
+    def build_learner_connector(self, input_observation_space, input_action_space, device=None):
+        from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+        from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
+
+        pipeline = AlgorithmConfig.build_learner_connector(
+            self, input_observation_space, input_action_space, device
+        )
+        pipeline.prepend(AddOneTsToEpisodesAndTruncate())
+        return pipeline
+
+
+@pytest.mark.parametrize("rollout", [8, 6])
+def test_bootstrap_rows_give_rllib_layout_loss_and_gradients(rollout):
+    """A2C's rows (bootstrap step in the last row, padding skipped by the STPN and encoder)
+    give the loss and the gradients of RLlib's layout, on the same sampled episodes."""
+    import pickle
+
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from rllib_stpn import STPNModel
+
+    spec = RLModuleSpec(
+        module_class=STPNModel,
+        model_config={
+            "core": "stpn",
+            "hidden_size": 6,
+            "max_seq_len": 4,
+            "encoder": "mlp",
+            "encoder_hiddens": [5],
+            "compact_states": False,  # RLlib's own state builder needs every step's state
+        },
+    )
+    results = []
+    for config_class in (A2CConfig, _RLlibLayoutA2CConfig):
+        config = (
+            config_class()
+            .environment("CartPole-v1")
+            .env_runners(num_envs_per_env_runner=1, rollout_fragment_length=rollout)
+            .training(lr=1e-3, grad_clip=None)
+            .rl_module(rl_module_spec=spec)
+            .debugging(seed=5)
+        )
+        torch.manual_seed(5)
+        runner = SingleAgentEnvRunner(config=config)
+        # Several rollouts: chunks that continue an episode, chunks that end one.
+        episodes = [ep for _ in range(4) for ep in runner.sample(explore=True)]
+        learner = config.build_learner(env=runner.env)
+        learner.module[DEFAULT_MODULE_ID].set_state(runner.module.get_state())
+        batch = learner._learner_connector(
+            rl_module=learner.module,
+            batch={},
+            episodes=pickle.loads(pickle.dumps(episodes)),
+            shared_data={},
+        )[DEFAULT_MODULE_ID]
+        module = learner.module[DEFAULT_MODULE_ID]
+        loss = learner.compute_loss_for_module(
+            module_id=DEFAULT_MODULE_ID,
+            config=learner.config.get_config_for_module(DEFAULT_MODULE_ID),
+            batch=batch,
+            fwd_out=module.forward_train(batch),
+        )
+        loss.backward()
+        rows = batch[Columns.OBS].shape[:2]
+        results.append((loss.detach(), [p.grad.clone() for p in module.parameters()], rows))
+    (loss_ours, grads_ours, rows_ours), (loss_rllib, grads_rllib, rows_rllib) = results
+    assert rows_ours[1] == 5 and rows_rllib[1] == 4  # max_seq_len + 1 vs max_seq_len slots
+    # A chunk of a multiple of max_seq_len steps needs no row for its bootstrap step alone.
+    assert rows_ours[0] < rows_rllib[0] if rollout % 4 == 0 else rows_ours[0] <= rows_rllib[0]
+    torch.testing.assert_close(loss_ours, loss_rllib, rtol=1e-5, atol=1e-6)
+    for ours, theirs in zip(grads_ours, grads_rllib):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)

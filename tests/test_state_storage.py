@@ -156,8 +156,12 @@ def test_chunks_keep_one_synaptic_state_per_sequence(rollout, algo):
         if end == ep.t_started and kept is not None:
             assert states.lookback["F"] is kept["F"]  # the previous chunk's last kept F, shared
         last_kept[ep.id_] = (ep.t, states.kept.get(len(ep) - 1))
-        shipped = pickle.loads(pickle.dumps(ep))
-        assert shipped.custom_data[STATES_KEY].current.state is None  # the live F stays here
+        shipped = pickle.loads(pickle.dumps(ep)).custom_data[STATES_KEY]
+        assert shipped.current.state is None  # the live F stays here
+        # A2C's rows never start after a chunk's last step: the state kept there stays with
+        # the runner (as the continuation's lookback) and is not shipped.
+        last = len(ep) - 1
+        assert (last in shipped.kept) == (algo == "ppo" and last in states.kept)
 
 
 @pytest.mark.parametrize(
@@ -167,6 +171,7 @@ def test_chunks_keep_one_synaptic_state_per_sequence(rollout, algo):
         ("ppo", 2 * MAX_SEQ_LEN, True, "stpn"),
         ("ppo", 7, False, "stpn"),
         ("a2c", 7, True, "stpn"),
+        ("a2c", 2 * MAX_SEQ_LEN, True, "stpn"),
         ("a2c", 7, True, "fastweights"),
         ("ppo", 7, True, "hebbff"),  # its whole state is compact: STATE_OUT keeps nothing
     ],

@@ -133,7 +133,8 @@ class A2CConfig(AlgorithmConfig):
     def build_module_to_env_connector(self, env=None, spaces=None):
         pipeline = super().build_module_to_env_connector(env=env, spaces=spaces)
         if self.add_default_connectors_to_module_to_env_pipeline:
-            state_storage.install_module_to_env(pipeline)
+            # A2C's learner rows never start after a chunk's last step: its state stays here.
+            state_storage.install_module_to_env(pipeline, ship_last=False)
         return pipeline
 
     @override(AlgorithmConfig)
