@@ -76,12 +76,19 @@ def default_row_starts(length: int, max_seq_len: int) -> range:
 
 
 class _Current:
-    """The compact state after an episode's latest forward pass, shared by all its chunks."""
+    """The compact state after an episode's latest forward pass, shared by all its chunks.
 
-    __slots__ = ("state",)
+    `state` maps each compact key to the episode's row of the module's batched output; `batch`
+    and `row` say which output and which row (None when the state came one episode at a time),
+    so that the next step can hand the module that very output again.
+    """
+
+    __slots__ = ("state", "batch", "row")
 
     def __init__(self) -> None:
         self.state: State | None = None
+        self.batch: State | None = None
+        self.row = -1
 
 
 class SynapticStates:
@@ -128,7 +135,7 @@ class SynapticStates:
         # episode's live state and the (read-only) arrays instead of copying 680 KB each.
         other = SynapticStates(self.current, self.ship_last)
         other.chunk, other.lookback, other.kept = self.chunk, self.lookback, dict(self.kept)
-        other.cut_from = self
+        other.last, other.cut_from = self.last, self
         return other
 
     def __getstate__(self) -> dict:
@@ -211,29 +218,31 @@ class MoveSynapticStateToEpisode(ConnectorV2):
         if isinstance(next(iter(state_out)), tuple):
             rows = []
             for key, items in state_out.items():
-                rows.append(
-                    (key[0], {k: _to_numpy(items[0].pop(k)) for k in keys if k in items[0]})
-                )
+                row = {k: _to_numpy(items[0].pop(k)) for k in keys if k in items[0]}
+                rows.append((key[0], row, None, -1))
                 if not items[0]:
                     items[0][PLACEHOLDER] = np.zeros((), np.float32)
         else:
             # Zero-copy on the CPU; rows of these arrays become the episodes' live states.
             values = {k: _to_numpy(state_out.pop(k)) for k in keys if k in state_out}
             ids = (shared_data or {}).get("memorized_map_structure") or [e.id_ for e in stepped]
-            rows = [(eid, {k: v[i] for k, v in values.items()}) for i, eid in enumerate(ids)]
+            rows = [
+                (eid, {k: v[i] for k, v in values.items()}, values, i) for i, eid in enumerate(ids)
+            ]
             if not state_out:
                 state_out[PLACEHOLDER] = np.zeros(len(ids), np.float32)
         # An episode that ended at the last env step has been replaced by a new one by now:
         # the output computed for its last observation is not needed.
         by_id = {ep.id_: ep for ep in stepped}
         max_seq_len = module.model_config["max_seq_len"]
-        for eid, row in rows:
+        for eid, row, values, i in rows:
             ep = by_id.get(eid)
             if ep is not None and row:
-                self._record(ep, row, max_seq_len)
+                current = self._record(ep, row, max_seq_len)
+                current.batch, current.row = values, i
         return batch
 
-    def _record(self, ep: Any, row: State, max_seq_len: int) -> None:
+    def _record(self, ep: Any, row: State, max_seq_len: int) -> _Current:
         states = ep.custom_data.get(STATES_KEY)
         if states is None:
             states = ep.custom_data[STATES_KEY] = SynapticStates(ship_last=self._ship_last)
@@ -244,6 +253,8 @@ class MoveSynapticStateToEpisode(ConnectorV2):
                 states.lookback = None
             elif previous is None:
                 raise _missing_state(ep)
+            elif states.last in states.kept:  # the same values, kept already: share them
+                states.lookback = states.kept[states.last]
             else:
                 states.lookback = {k: _own_copy(v) for k, v in previous.items()}
             states.chunk = ep.t_started
@@ -253,9 +264,12 @@ class MoveSynapticStateToEpisode(ConnectorV2):
                 returned.lookback, returned.kept, returned.released = None, {}, True
         index = len(ep)  # the chunk index this STATE_OUT will be stored at
         if (index + 1) % max_seq_len == 0:
-            row = states.kept[index] = {k: v.copy() for k, v in row.items()}
+            # Copied, so that it does not keep the whole batch alive; the live state stays the
+            # batch row, which the next step hands to the module as it is.
+            states.kept[index] = {k: v.copy() for k, v in row.items()}
         states.current.state = row
         states.last = index
+        return states.current
 
 
 def _start_state(module: Any, ep: Any, keys: tuple[str, ...], states: Any, index: int) -> dict:
@@ -380,34 +394,33 @@ class BatchSynapticStates(ConnectorV2):
         keys = [k for k in compact_state_keys(module) if k not in state_in] if module else []
         if not keys:
             return batch
-        rows: list[State] = []
+        currents = []
         for ep in stepped:
             if ep.t_started == 0 and len(ep) == 0:
-                initial = convert_to_numpy(module.get_initial_state())
-                rows.append({k: initial[k] for k in keys})
+                currents.append(None)  # a new episode: the initial state
             else:
-                rows.append(ep.custom_data[STATES_KEY].current.state)
-        for key in keys:
-            state_in[key] = _batched([r[key] for r in rows])
+                currents.append(ep.custom_data[STATES_KEY].current)
+        first = currents[0]
+        if (
+            first is not None
+            and first.batch is not None
+            and all(
+                c is not None and c.batch is first.batch and c.row == i
+                for i, c in enumerate(currents)
+            )
+        ):
+            # Row i of the previous output for episode i, for every episode: that output.
+            for key in keys:
+                if len(first.batch[key]) == len(currents):
+                    state_in[key] = first.batch[key]
+        if any(k not in state_in for k in keys):
+            initial = convert_to_numpy(module.get_initial_state())
+            for key in keys:
+                state_in[key] = np.stack(
+                    [initial[key] if c is None else c.state[key] for c in currents]
+                )
         state_in.pop(PLACEHOLDER, None)
         return batch
-
-
-def _batched(rows: list[np.ndarray]) -> np.ndarray:
-    """The rows as one (B, ...) array: their common base when they are its consecutive rows."""
-    base = rows[0].base
-    if (
-        isinstance(base, np.ndarray)
-        and base.ndim == rows[0].ndim + 1
-        and base.shape[0] == len(rows)
-        and base.flags.c_contiguous
-        and all(r.base is base for r in rows)
-    ):
-        stride = base.strides[0]
-        start = base.__array_interface__["data"][0]
-        if all(r.__array_interface__["data"][0] == start + i * stride for i, r in enumerate(rows)):
-            return base
-    return np.stack(rows)
 
 
 # --------------------------------------------------------------------------- pipelines
