@@ -146,6 +146,17 @@ def available() -> bool:
     return _state["ops"] is not None
 
 
+def release_buffers() -> None:
+    """Free the kernel's pooled buffers that nothing refers to any more.
+
+    The C++ op keeps its large buffers (the new F and a training forward's saved states, about
+    270 MB at the paper's Pong size) for the next call instead of faulting in fresh memory each
+    time; call this to give that memory back, e.g. after training, before measuring memory.
+    """
+    if _state["ops"] is not None:
+        _state["ops"].release()
+
+
 def supports(*tensors: torch.Tensor | None) -> bool:
     """CPU float32/float64 tensors of one dtype, and the kernel built: the C++ path applies."""
     present = [t for t in tensors if t is not None]

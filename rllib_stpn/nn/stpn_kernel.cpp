@@ -18,7 +18,7 @@
 // * The saved states F_1..F_{T-1} are one buffer advised to transparent huge pages: faulting it
 //   in 4 KiB at a time cost more than the forward's own pass over it (0.29 s vs 0.08 s at the
 //   Pong size). It and the new F come from a pool of buffers reused once nothing refers to
-//   them, so a steady run faults in no fresh pages at all (see `pooled`).
+//   them, so a steady run faults in no fresh pages at all (see `Pool`).
 // * One step (sampling) reads each row of F once: reduce it, compute its neuron, write it.
 
 #include <ATen/ATen.h>
@@ -389,36 +389,73 @@ Tensor uninit(at::IntArrayRef sizes, const at::TensorOptions& o) {
   return Tensor(at::detail::empty_cpu(sizes, o));
 }
 
-// Large output buffers (the new F, and the saved states F_1..F_{T-1} of a training forward,
-// hundreds of MB at the Pong size) come from a small pool: a buffer is handed out again once
-// nothing references it any more (no tensor, view or numpy array of it is alive), since
-// faulting in fresh pages (the kernel zeroes each one) cost about a third of a sampling step and
-// of a training forward. The pool is never freed (a process that runs the layer keeps needing
-// it) and never hands out a buffer that is still in use.
-Tensor pooled(at::IntArrayRef sizes, const at::TensorOptions& o, bool huge) {
-  static std::mutex mutex;
-  static auto* pool = new std::vector<Tensor>();  // not destroyed at exit, after torch's allocator
-  constexpr size_t kMaxBuffers = 6;
+// Large buffers are reused instead of allocated anew on every call: faulting in fresh pages (the
+// kernel zeroes each one) cost about a third of a sampling step and of a training forward. A
+// buffer is handed out again only once nothing references it any more (no tensor, view or numpy
+// array of it is alive), so a state a caller still holds is never overwritten.
+// - The new F (and the spare F of a multi-step call without autograd): a few buffers of exact
+//   sizes, at most kOutputs of them (the sizes of one run rarely vary).
+// - The saved states F_1..F_{T-1} of a training forward (hundreds of MB at the Pong size): one
+//   buffer, large enough for the largest call so far once it is free, so a run whose batches
+//   vary in size holds one of them, not one per size.
+// Pooled buffers live until `release()` (or the process's end).
+struct Pool {
+  std::mutex mutex;
+  std::vector<Tensor> outputs;
+  Tensor saved;
+};
+constexpr size_t kOutputs = 4;
+
+Pool& pool() {
+  static Pool* p = new Pool();  // never destroyed: it must outlive no allocator at exit
+  return *p;
+}
+
+bool unreferenced(const Tensor& t) {
+  return t.defined() && t.use_count() == 1 && t.storage().use_count() == 1;
+}
+
+Tensor pooled_output(at::IntArrayRef sizes, const at::TensorOptions& o) {
   int64_t n = 1;
   for (const int64_t d : sizes) n *= d;
-  const auto free = [](const Tensor& t) {
-    return t.use_count() == 1 && t.storage().use_count() == 1;
-  };
-  std::lock_guard<std::mutex> lock(mutex);
-  for (const Tensor& t : *pool) {
-    if (free(t) && t.numel() == n && t.scalar_type() == o.dtype().toScalarType()) {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mutex);
+  for (const Tensor& t : p.outputs) {
+    if (unreferenced(t) && t.numel() == n && t.scalar_type() == o.dtype().toScalarType()) {
       return t.view(sizes);
     }
   }
   Tensor t = uninit({n}, o);
-  if (huge) advise_huge(t);
-  if (pool->size() < kMaxBuffers) {
-    pool->push_back(t);
+  if (p.outputs.size() < kOutputs) {
+    p.outputs.push_back(t);
   } else {
-    const auto unused = std::find_if(pool->begin(), pool->end(), free);
-    if (unused != pool->end()) *unused = t;
+    const auto unused = std::find_if(p.outputs.begin(), p.outputs.end(), unreferenced);
+    if (unused != p.outputs.end()) *unused = t;
   }
   return t.view(sizes);
+}
+
+Tensor pooled_saved_states(at::IntArrayRef sizes, const at::TensorOptions& o) {
+  int64_t n = 1;
+  for (const int64_t d : sizes) n *= d;
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mutex);
+  const bool same_type = p.saved.defined() && p.saved.scalar_type() == o.dtype().toScalarType();
+  if (unreferenced(p.saved) && same_type && p.saved.numel() >= n) {
+    return p.saved.narrow(0, 0, n).view(sizes);
+  }
+  Tensor t = advise_huge(uninit({n}, o));
+  if (!p.saved.defined() || unreferenced(p.saved)) p.saved = t;  // the old one is freed
+  return t.view(sizes);
+}
+
+// Drops the pooled buffers nothing references (the memory goes back to the allocator).
+void release_buffers() {
+  Pool& p = pool();
+  std::lock_guard<std::mutex> lock(p.mutex);
+  p.outputs.erase(std::remove_if(p.outputs.begin(), p.outputs.end(), unreferenced),
+                  p.outputs.end());
+  if (unreferenced(p.saved)) p.saved = Tensor();
 }
 
 template <typename T>
@@ -457,9 +494,9 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
   Tensor N = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
   Tensor R = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
   Tensor P = power ? uninit({B, Tn, H}, o) : uninit({0}, o);
-  Tensor FT = pooled({B, H, D}, o, false);
-  Tensor Fs = (keep && Tn > 1) ? pooled({Tn - 1, B, H, D}, o, true) : uninit({0}, o);
-  Tensor spare = (!keep && Tn > 1) ? pooled({B, H, D}, o, false) : uninit({0}, o);
+  Tensor FT = pooled_output({B, H, D}, o);
+  Tensor Fs = (keep && Tn > 1) ? pooled_saved_states({Tn - 1, B, H, D}, o) : uninit({0}, o);
+  Tensor spare = (!keep && Tn > 1) ? pooled_output({B, H, D}, o) : uninit({0}, o);
   const int nt = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T = scalar_t;
@@ -547,4 +584,5 @@ TORCH_LIBRARY(STPN_NAMESPACE, m) {
         "Tensor gam, Tensor out, Tensor S, Tensor N, Tensor R, Tensor P, Tensor? g_out, "
         "Tensor? g_h, Tensor? g_P, Tensor(a!) gF, Tensor? lens, bool recurrent, "
         "bool normalize) -> Tensor[]", &stpn_backward);
+  m.def("release() -> ()", &release_buffers);
 }
