@@ -25,6 +25,7 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#include <immintrin.h>
 #include <omp.h>
 #include <sys/mman.h>
 
@@ -32,6 +33,7 @@
 #include <cmath>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -80,6 +82,62 @@ inline void sample_range(int64_t B, int64_t& b0, int64_t& b1) {
 inline int64_t block_size(int64_t H, int64_t D, int64_t rows, int64_t elem) {
   constexpr int64_t kBudget = 256 * 1024;
   return std::max<int64_t>(1, std::min<int64_t>(H, kBudget / (rows * D * elem)));
+}
+
+// F_{t+1} = Λ F_t / n + Γ h z for one row, written with non-temporal (streaming) stores where
+// AVX-512 allows, while the next step's reductions s = G z', q = ||G||², pa = Σ z'² |G|
+// (G = W + F_{t+1}) accumulate. A normal store first reads the cache line it writes; the saved
+// states are hundreds of MB that the backward reads much later, so that read is pure waste.
+template <typename T, bool NORM, bool POW>
+inline void update_row_streaming(const T* __restrict f, T* __restrict fd, const T* __restrict w,
+                                 const T* __restrict l, const T* __restrict g,
+                                 const T* __restrict z, const T* __restrict z2, T h, T iv,
+                                 int64_t D, T& s, T& q, T& pa) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; j < D && (reinterpret_cast<uintptr_t>(fd + j) & 63) != 0; ++j) {
+      const T v = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
+      fd[j] = v;
+      const T gg = w[j] + v;
+      s += gg * z2[j];
+      if (NORM) q += gg * gg;
+      if (POW) pa += z2[j] * z2[j] * std::abs(gg);
+    }
+    const __m512 vh = _mm512_set1_ps(h), viv = _mm512_set1_ps(iv);
+    __m512 vs = _mm512_setzero_ps(), vq = _mm512_setzero_ps(), vp = _mm512_setzero_ps();
+    for (; j + 16 <= D; j += 16) {
+      const __m512 hz = _mm512_mul_ps(vh, _mm512_loadu_ps(z + j));
+      const __m512 fi = _mm512_mul_ps(_mm512_loadu_ps(f + j), viv);
+      const __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(l + j), fi,
+                                       _mm512_mul_ps(_mm512_loadu_ps(g + j), hz));
+      _mm512_stream_ps(fd + j, v);
+      const __m512 gg = _mm512_add_ps(_mm512_loadu_ps(w + j), v);
+      const __m512 zz = _mm512_loadu_ps(z2 + j);
+      vs = _mm512_fmadd_ps(gg, zz, vs);
+      if (NORM) vq = _mm512_fmadd_ps(gg, gg, vq);
+      if (POW) vp = _mm512_fmadd_ps(_mm512_mul_ps(zz, zz), _mm512_abs_ps(gg), vp);
+    }
+    s += _mm512_reduce_add_ps(vs);
+    if (NORM) q += _mm512_reduce_add_ps(vq);
+    if (POW) pa += _mm512_reduce_add_ps(vp);
+  }
+#endif
+#pragma omp simd reduction(+ : s, q, pa)
+  for (int64_t jj = j; jj < D; ++jj) {
+    const T v = l[jj] * (f[jj] * iv) + g[jj] * (h * z[jj]);
+    fd[jj] = v;
+    const T gg = w[jj] + v;
+    s += gg * z2[jj];
+    if (NORM) q += gg * gg;
+    if (POW) pa += z2[jj] * z2[jj] * std::abs(gg);
+  }
+}
+
+inline void store_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 // Where sample b's F_{t+1} goes. With `keep` (training), F_1..F_{T-1} land in the saved-states
@@ -226,14 +284,19 @@ void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias,
             }
             const T* __restrict z2 = zn + b * D;
             T s = 0, q = 0, pa = 0;
+            if (dst.keep) {
+              // F_{t+1} goes to the saved states, read again only in the backward: stream it.
+              update_row_streaming<T, NORM, POW>(f, fd, w, l, g, z, z2, h, iv, D, s, q, pa);
+            } else {
 #pragma omp simd reduction(+ : s, q, pa)
-            for (int64_t j = 0; j < D; ++j) {
-              const T v = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
-              fd[j] = v;
-              const T gg = w[j] + v;
-              s += gg * z2[j];
-              if (NORM) q += gg * gg;
-              if (POW) pa += z2[j] * z2[j] * std::abs(gg);
+              for (int64_t j = 0; j < D; ++j) {
+                const T v = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
+                fd[j] = v;
+                const T gg = w[j] + v;
+                s += gg * z2[j];
+                if (NORM) q += gg * gg;
+                if (POW) pa += z2[j] * z2[j] * std::abs(gg);
+              }
             }
             rs[k] = s;
             rq[k] = q;
@@ -252,6 +315,7 @@ void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias,
       if (POW) std::fill(P + (b * Tn + len) * H, P + (b + 1) * Tn * H, T(0));
       if (len == 0) std::copy(F0 + b * H * D, F0 + (b + 1) * H * D, dst.FT + b * H * D);
     }
+    store_fence();  // the streamed stores are visible before anyone reads the saved states
   }
 }
 
