@@ -76,6 +76,7 @@ def test_paper_settings(name):
 def test_example_builds_its_algorithm(ray_session, name):
     from rllib_stpn.callbacks import SynapticPowerCallback
     from rllib_stpn.rl_module import STPNModel
+    from rllib_stpn.state_storage import STATES_KEY, MoveSynapticStateToEpisode
 
     # One local env: building must stay cheap (no 512 mazes, no 4 Pong runners).
     exp = _load(name, num_env_runners=0, num_envs_per_env_runner=1)
@@ -89,6 +90,13 @@ def test_example_builds_its_algorithm(ray_session, name):
         callbacks = algo.config.callbacks_class
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         assert SynapticPowerCallback in callbacks
+        # STPN states are stored once per sequence (PPO opts in through the YAML translation,
+        # A2C by itself); the LSTM/RNN/MLP cores have nothing to store compactly.
+        pieces = algo.env_runner._module_to_env.connectors
+        assert any(isinstance(c, MoveSynapticStateToEpisode) for c in pieces)
+        if expected_core.startswith("stpn"):
+            episodes = algo.env_runner.sample(num_timesteps=5, random_actions=False)
+            assert all(STATES_KEY in ep.custom_data for ep in episodes)
     finally:
         algo.stop()
 
