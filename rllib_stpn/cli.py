@@ -1,7 +1,9 @@
 """The ``rllib`` command: ``train file``, ``evaluate`` and ``plot`` (Ray 2.60 ships none).
 
-Usage errors (bad file, YAML, run, env, config key, JSON option) print one ``rllib: error:`` line
-to stderr and exit with code 2, before Ray starts or any result directory is written.
+Usage errors (bad file, YAML, run, env, config key or value, JSON option, stop criterion, too few
+CPUs, unusable paths or checkpoints) print one ``rllib: error:`` line to stderr and exit with
+code 2, before Tune writes any result directory. Ctrl-C during training exits with 130 after
+printing how to continue the run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rllib_stpn.experiments import ExperimentError
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (SIGINT)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,6 +114,13 @@ def _train(args: argparse.Namespace) -> int:
         raise ExperimentError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.checkpoint_freq is not None and args.checkpoint_freq < 0:
         raise ExperimentError(f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ExperimentError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    if args.num_cpus is not None and _cluster_address():
+        raise ExperimentError(
+            "--num-cpus starts a local Ray, but RAY_ADDRESS connects to an existing cluster "
+            f"({_cluster_address()}); drop one of them"
+        )
     exps = ex.load_experiments(
         args.file,
         config_override=override,
@@ -120,10 +130,19 @@ def _train(args: argparse.Namespace) -> int:
     )
     for exp in exps:  # every experiment is checked before the first one starts
         ex.validate_experiment(exp)
+        if args.num_cpus is not None:
+            ex.check_resources(exp, {"CPU": args.num_cpus}, "--num-cpus gives it only")
 
     # Tune's table reporter (the new output engine would print every RLlib metric).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     _init_ray(args.verbose, args.num_cpus)
+    if not _cluster_address():  # a cluster may grow; a local Ray does not
+        import ray
+
+        for exp in exps:
+            ex.check_resources(exp, ray.cluster_resources(), "the local Ray has only")
+    for exp in exps:
+        ex.check_stop_keys(exp)
     failed = 0
     for exp in exps:
         analysis = ex.run_experiment(
@@ -134,32 +153,51 @@ def _train(args: argparse.Namespace) -> int:
             verbose=1,
             validate=False,
         )
-        failed += _summarize_run(exp, analysis)
+        errors, unfinished = _summarize_run(exp, analysis)
+        failed += errors
+        if unfinished:  # Ctrl-C: Tune saved the state and returned; later experiments wait
+            print(_resume_hint(f"{unfinished} trial(s) of {exp.name!r}"), file=sys.stderr)
+            return EXIT_INTERRUPTED
     return 1 if failed else 0
 
 
-def _summarize_run(exp: Any, analysis: Any) -> int:
-    """Print where results and checkpoints are; returns the number of failed trials."""
+def _cluster_address() -> str | None:
+    """The Ray cluster RAY_ADDRESS points at, or None for a local Ray ("local" or unset)."""
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    return address if address and address != "local" else None
+
+
+def _resume_hint(unfinished: str | None = None) -> str:
+    what = f" with {unfinished} unfinished" if unfinished else ""
+    return f"rllib: interrupted{what}; continue with the same command and --resume"
+
+
+def _summarize_run(exp: Any, analysis: Any) -> tuple[int, int]:
+    """Print where results and checkpoints are; returns the numbers of failed and of
+    unfinished trials (those an interrupted run left before their stop criterion)."""
     from rllib_stpn.experiments import POWER_KEY, RETURN_KEY
 
-    failed = 0
+    failed = unfinished = 0
     print(f"\n{exp.name}: results in {analysis.experiment_path}")
     for trial in analysis.trials:
         last = trial.last_result or {}
         ret = _nested(last, RETURN_KEY)
         power = _nested(last, POWER_KEY)
         ckpt = trial.checkpoint.path if trial.checkpoint else "none"
-        status = trial.status
-        if status == "ERROR":
+        if trial.status == "ERROR":
             failed += 1
             print(f"  {trial.trial_id} ERROR, see {trial.path}/error.txt", file=sys.stderr)
             continue
-        unfinished = "" if status == "TERMINATED" else " (unfinished: continue with --resume)"
+        # After Ctrl-C Tune marks running trials TERMINATED too; only a trial that met its
+        # stop criterion has `done` in its last result.
+        done = trial.status == "TERMINATED" and bool(last.get("done"))
+        unfinished += not done
+        note = "" if done else " (unfinished: continue with --resume)"
         print(
             f"  {trial}: iter {last.get('training_iteration', 0)}, return {_num(ret)}, "
-            f"power {_num(power)}, checkpoint {ckpt}{unfinished}"
+            f"power {_num(power)}, checkpoint {ckpt}{note}"
         )
-    return failed
+    return failed, unfinished
 
 
 def _nested(result: dict, key: str) -> Any:
@@ -180,6 +218,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ExperimentError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.out:  # before the evaluation, not after it
+        ev.check_output_file(args.out)
     checkpoint = ev.find_checkpoint(args.checkpoint)  # a bad path fails before Ray starts
     _init_ray(args.verbose, None)
     result = ev.evaluate_checkpoint(
@@ -201,17 +241,19 @@ def _plot(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rllib`` console script and of ``python -m rllib_stpn``."""
+    command = None
     try:
         args = _build_parser().parse_args(argv)
+        command = args.command
         _quiet(getattr(args, "verbose", False))
-        if args.command == "train":
+        if command == "train":
             return _train(args)
-        if args.command == "evaluate":
+        if command == "evaluate":
             return _evaluate(args)
         return _plot(args)
     except ExperimentError as err:
         print(f"rllib: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("rllib: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over
+        print(_resume_hint() if command == "train" else "rllib: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -14,26 +14,87 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rllib_stpn.experiments import ExperimentError
+from rllib_stpn.experiments import ExperimentError, _one_line, check_writable_dir
 
-__all__ = ["evaluate_checkpoint", "find_checkpoint", "format_table", "summarize"]
+__all__ = [
+    "check_output_file",
+    "checkpoint_problem",
+    "evaluate_checkpoint",
+    "find_checkpoint",
+    "format_table",
+    "summarize",
+]
 
 POWER_COLUMN = "synaptic_power"
+CHECKPOINT_MARKER = "rllib_checkpoint.json"
+# Files (alternatives separated by "|") an Algorithm checkpoint needs for its weights.
+_REQUIRED_NEW_STACK = (
+    "algorithm_state.pkl|algorithm_state.msgpack",
+    "learner_group/learner/rl_module",
+)
+_REQUIRED_OLD_STACK = ("algorithm_state.pkl|algorithm_state.msgpack", "policies")
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """The RLlib checkpoint at ``path``, or the newest one below it (trial or experiment dir)."""
+    """The RLlib checkpoint at ``path``, or the newest complete one below it (trial or
+    experiment dir); an incomplete or corrupt checkpoint raises ExperimentError."""
     path = Path(path).expanduser().absolute()  # RLlib's restore takes a relative path for a URI
     if not path.exists():
         raise ExperimentError(f"checkpoint not found: {path}")
-    if (path / "rllib_checkpoint.json").is_file():
+    if (path / CHECKPOINT_MARKER).is_file():
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ExperimentError(f"checkpoint {path} is unusable: {problem}")
         return path
-    found = [p.parent for p in path.rglob("rllib_checkpoint.json")]
-    # Algorithm checkpoints only (their state file), not their component sub-dirs.
-    found = [p for p in found if (p / "algorithm_state.pkl").is_file()]
+    # Algorithm checkpoints only, not the policy checkpoints inside old-stack ones.
+    found = sorted(p.parent for p in path.rglob(CHECKPOINT_MARKER))
+    found = [p for p in found if not any(q in p.parents for q in found)]
     if not found:
         raise ExperimentError(f"no RLlib checkpoint in {path}")
-    return max(found, key=lambda p: (p.stat().st_mtime, p.name))
+    # A run killed while writing a checkpoint leaves an incomplete one: use the newest whole.
+    newest_first = sorted(found, key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    problems = {p: checkpoint_problem(p) for p in newest_first}
+    usable = [p for p in newest_first if problems[p] is None]
+    if not usable:
+        latest = newest_first[0]
+        raise ExperimentError(
+            f"no usable RLlib checkpoint in {path} ({latest}: {problems[latest]})"
+        )
+    return usable[0]
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What makes ``checkpoint`` unusable (a missing or unreadable file), or None.
+
+    RLlib's restore silently skips a missing component directory (the weights would then be
+    the random initial ones), so the files the evaluation needs are checked here, and every
+    pickle and JSON file must load.
+    """
+    new_stack = (checkpoint / "class_and_ctor_args.pkl").is_file()
+    for required in _REQUIRED_NEW_STACK if new_stack else _REQUIRED_OLD_STACK:
+        if not any((checkpoint / name).exists() for name in required.split("|")):
+            return f"{required.replace('|', ' or ')} is missing (an incomplete checkpoint)"
+    if new_stack:
+        modules = checkpoint / "learner_group/learner/rl_module"
+        if not any(modules.glob("*/module_state.*")):
+            return f"no module weights (module_state.*) in {modules.relative_to(checkpoint)}"
+    for file in sorted(checkpoint.rglob("*")):
+        if file.suffix not in (".pkl", ".json"):
+            continue
+        try:
+            with open(file, "rb") as f:
+                pickle.load(f) if file.suffix == ".pkl" else json.load(f)
+        except Exception as err:
+            return f"{file.relative_to(checkpoint)} cannot be read ({_one_line(err)})"
+    return None
+
+
+def check_output_file(path: str | Path) -> None:
+    """Fail unless a JSON file can be written at ``path`` (its directories may be created)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ExperimentError(f"--out {path} is a directory; give a file name")
+    check_writable_dir(path.absolute().parent, "--out directory")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -72,15 +133,24 @@ def _load_algorithm(checkpoint: Path, seed: int | None) -> Any:
         args, kwargs = info["ctor_args_and_kwargs"]
         config = kwargs.get("config", args[0] if args else None)
     except Exception as err:
-        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {err}") from None
+        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {_one_line(err)}") from None
     if isinstance(config, dict):  # Tune hands algorithms a (partial) config dict
         config = algo_cls.get_default_config().update_from_dict(config)
     elif hasattr(config, "copy"):
         config = config.copy(copy_frozen=False)
     else:
         raise ExperimentError(f"checkpoint {checkpoint} holds no AlgorithmConfig")
-    algo = algo_cls(config=_local(config, seed))
-    algo.restore_from_path(str(checkpoint))
+    try:
+        algo = algo_cls(config=_local(config, seed))
+    except Exception as err:
+        raise ExperimentError(
+            f"cannot rebuild the algorithm of {checkpoint}: {_one_line(err)}"
+        ) from None
+    try:
+        algo.restore_from_path(str(checkpoint))
+    except Exception as err:
+        algo.stop()
+        raise ExperimentError(f"cannot restore checkpoint {checkpoint}: {_one_line(err)}") from None
     return algo
 
 
@@ -108,9 +178,12 @@ def _load_old_stack_algorithm(checkpoint: Path, seed: int | None) -> Any:
         else:
             config = config.copy(copy_frozen=False)
     except Exception as err:
-        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {err}") from None
+        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {_one_line(err)}") from None
     state["config"] = _local(config, seed)
-    return Algorithm.from_state(state)
+    try:
+        return Algorithm.from_state(state)
+    except Exception as err:
+        raise ExperimentError(f"cannot restore checkpoint {checkpoint}: {_one_line(err)}") from None
 
 
 def _episodes_new_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, list, list]:
@@ -210,7 +283,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
     """Save ``result`` as JSON (NaN written as null); parent directories are created."""
-    path = Path(path)
+    path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
     path.write_text(json.dumps(clean, indent=2) + "\n")

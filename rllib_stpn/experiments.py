@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,12 +28,19 @@ __all__ = [
     "METRIC_COLUMNS",
     "build_algorithm_config",
     "check_env",
+    "check_resources",
+    "check_stop_keys",
+    "check_writable_dir",
+    "flatten_result",
     "load_experiments",
     "make_progress_reporter",
     "parse_experiments",
+    "probe_result",
     "resolve_algorithm",
     "run_experiment",
+    "storage_path",
     "to_param_space",
+    "trial_resources",
     "validate_experiment",
 ]
 
@@ -72,6 +80,22 @@ _LEGACY_STOP_KEYS = {
 # Keys `AlgorithmConfig.update_from_dict` understands that are not plain attributes.
 _SPECIAL_CONFIG_KEYS = {"multiagent", "_enable_new_api_stack", "env", "lr_schedule"}
 _MAX_VALIDATED_VARIANTS = 64
+# AlgorithmConfig sizes and resource counts: (smallest value, integer only, other values allowed).
+_COUNT_SETTINGS = {
+    "num_env_runners": (0, True, ()),
+    "num_envs_per_env_runner": (1, True, ()),
+    "num_learners": (0, True, ()),
+    "evaluation_num_env_runners": (0, True, ()),
+    "num_cpus_per_env_runner": (0, False, ()),
+    "num_gpus_per_env_runner": (0, False, ()),
+    "num_cpus_per_learner": (0, False, ("auto",)),
+    "num_gpus_per_learner": (0, False, ()),
+    "num_cpus_for_main_process": (0, False, ()),
+    "rollout_fragment_length": (1, True, ("auto",)),
+    "train_batch_size_per_learner": (1, True, (None,)),
+    "minibatch_size": (1, True, (None,)),
+    "num_epochs": (1, True, ()),
+}
 
 
 class ExperimentError(ValueError):
@@ -222,6 +246,8 @@ def _translate_stop(stop: Mapping[str, Any], name: Any) -> dict[str, Any]:
     for key, value in stop.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ExperimentError(f"stop criterion {key!r} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ExperimentError(f"stop criterion {key!r} must be a finite number, got {value}")
         out[_LEGACY_STOP_KEYS.get(key, key)] = value
     return out
 
@@ -468,12 +494,42 @@ def build_algorithm_config(experiment: Experiment, variant: Mapping[str, Any] | 
     param = to_param_space(variant, algo_cls)
     try:
         config = algo_cls.get_default_config().update_from_dict(param)
+        _check_counts(config)
         config.validate()
     except ExperimentError:
         raise
     except Exception as err:
         raise ExperimentError(f"invalid config for {experiment.name!r}: {_one_line(err)}") from None
     return config
+
+
+def _check_counts(config: Any) -> None:
+    """Sizes and resource counts RLlib's own ``validate()`` lets through (0 envs, -1 runners).
+
+    Such a trial would fail with a long traceback or wait forever for resources.
+    """
+    for name, (minimum, integer, allowed) in _COUNT_SETTINGS.items():
+        value = getattr(config, name, None)
+        if value is None and None in allowed or isinstance(value, str) and value in allowed:
+            continue
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+            also = "".join(f" or {a!r}" for a in allowed if a is not None)
+            also += " or None" if None in allowed else ""
+            what = "an integer" if integer else "a number"
+            raise ValueError(f"`{name}` must be {what} >= {minimum}{also}, got {value!r}")
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """NaN or infinity anywhere in a config (grid values included) is an error, not a run."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ExperimentError(f"config value {path} is {value}; it must be a finite number")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]")
 
 
 def _one_line(err: BaseException) -> str:
@@ -485,8 +541,9 @@ def _one_line(err: BaseException) -> str:
 def validate_experiment(experiment: Experiment, *, build_module: bool = True) -> None:
     """Check everything Tune would only find out in a trial: run, env, keys, values, model.
 
-    With ``build_module`` the env is created once (per distinct ``env_config``) and the RLModule
-    is built for its spaces, which catches bad model settings and bad env options.
+    With ``build_module`` the env is created once per distinct ``env_config`` and the RLModule
+    is built for its spaces once per distinct model config, which catches bad model settings
+    and bad env options in any grid point.
     """
     algo_cls = resolve_algorithm(experiment.run)
     if isinstance(experiment.num_samples, bool) or not isinstance(experiment.num_samples, int):
@@ -498,18 +555,32 @@ def validate_experiment(experiment: Experiment, *, build_module: bool = True) ->
             f"num_samples must be a positive integer, got {experiment.num_samples}"
         )
     _checkpoint_config(experiment.checkpoint_config)
+    storage_path(experiment)
+    _check_finite(experiment.config, "")
     to_param_space(experiment.config, algo_cls)  # key errors before anything else
-    seen_envs: set[str] = set()
+    spaces_by_env: dict[str, Any] = {}
+    built: set[str] = set()
     for variant in _variants(experiment.config):
         check_env(variant.get("env"))
         config = build_algorithm_config(experiment, variant)
-        env_key = json.dumps([str(variant.get("env")), variant.get("env_config")], default=str)
-        if build_module and config.enable_rl_module_and_learner and env_key not in seen_envs:
-            seen_envs.add(env_key)
-            _build_module(config, experiment.name)
+        if not (build_module and config.enable_rl_module_and_learner):
+            continue
+        env_key = _json_key([variant.get("env"), variant.get("env_config")])
+        module_key = _json_key([env_key, config.model_config, config._rl_module_spec])
+        if module_key in built:
+            continue
+        if env_key not in spaces_by_env:
+            spaces_by_env[env_key] = _env_spaces(config)
+        _build_module(config, spaces_by_env[env_key], experiment.name)
+        built.add(module_key)
 
 
-def _build_module(config: Any, name: str) -> None:
+def _json_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def _env_spaces(config: Any) -> dict[str, tuple[Any, Any]]:
+    """``{module id: (observation space, action space)}`` of one env made from ``config``."""
     from ray.rllib.core import DEFAULT_MODULE_ID
 
     try:
@@ -519,7 +590,7 @@ def _build_module(config: Any, name: str) -> None:
     except Exception as err:
         raise ExperimentError(f"env {config.env!r} cannot be created: {_one_line(err)}") from None
     try:
-        spaces = {
+        return {
             DEFAULT_MODULE_ID: (
                 getattr(env, "single_observation_space", env.observation_space),
                 getattr(env, "single_action_space", env.action_space),
@@ -527,6 +598,9 @@ def _build_module(config: Any, name: str) -> None:
         }
     finally:
         env.close()
+
+
+def _build_module(config: Any, spaces: dict[str, tuple[Any, Any]], name: str) -> None:
     try:
         config.get_rl_module_spec(spaces=spaces).build()
     except Exception as err:
@@ -577,6 +651,180 @@ def make_progress_reporter(experiment: Experiment, max_report_frequency: int = 1
     )
 
 
+def storage_path(experiment: Experiment) -> str:
+    """Where Tune writes ``experiment``: a remote URI as given, a local path made absolute.
+
+    A local path (or the first of its parents that exists) must be a writable directory.
+    """
+    storage = experiment.storage_path or "~/ray_results"
+    if not isinstance(storage, str):
+        raise ExperimentError(f"storage_path must be a path or URI, got {storage!r}")
+    if "://" in storage:  # s3://, gs://, ...: Tune and pyarrow resolve it
+        return storage
+    storage = os.path.abspath(os.path.expanduser(storage))  # Tune and pyarrow want it absolute
+    check_writable_dir(storage, "storage path")
+    return storage
+
+
+def check_writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Fail unless ``path`` is a writable directory or can be created as one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ExperimentError(f"{what} {path} is not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ExperimentError(f"{what} {path} cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExperimentError(f"{what} {path} cannot be written: no permission in {existing}")
+
+
+def trial_resources(experiment: Experiment) -> dict[str, float]:
+    """The resources (``{"CPU": n, "GPU": m}``) one trial needs, the largest over grid points.
+
+    This is the Algorithm's own resource request: its main process, env runners, learners and
+    evaluation env runners.
+    """
+    algo_cls = resolve_algorithm(experiment.run)
+    needed: dict[str, float] = {}
+    for variant in _variants(experiment.config):
+        config = build_algorithm_config(experiment, variant)
+        request = algo_cls.default_resource_request(config)
+        for name, amount in getattr(request, "required_resources", {}).items():
+            needed[name] = max(needed.get(name, 0.0), float(amount))
+    return needed
+
+
+def check_resources(experiment: Experiment, available: Mapping[str, float], where: str) -> None:
+    """Fail if one trial needs more CPUs or GPUs than ``available`` (it would wait forever)."""
+    for name, amount in sorted(trial_resources(experiment).items()):
+        if name in ("CPU", "GPU") and amount > available.get(name, 0.0):
+            raise ExperimentError(
+                f"one trial of {experiment.name!r} needs {amount:g} {name}s (main process, env "
+                f"runners, learners), but {where} {available.get(name, 0.0):g}"
+            )
+
+
+# The numeric keys of Tune's AUTO_RESULT_KEYS that every Trainable result has, whatever the
+# algorithm (timesteps_total and episodes_total only come with old-style results).
+_TUNE_RESULT_KEYS = {
+    "training_iteration",
+    "time_total_s",
+    "time_this_iter_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "timestamp",
+}
+
+
+def _episode_result_keys(config: Any) -> set[str]:
+    """New-stack keys that appear once the first episode has ended (maybe after iteration 1)."""
+    from ray.rllib.utils import metrics as m
+
+    names = (
+        m.EPISODE_RETURN_MEAN,
+        m.EPISODE_RETURN_MAX,
+        m.EPISODE_RETURN_MIN,
+        m.EPISODE_LEN_MEAN,
+        m.EPISODE_LEN_MAX,
+        m.EPISODE_LEN_MIN,
+        m.EPISODE_DURATION_SEC_MEAN,
+        m.NUM_EPISODES,
+        m.NUM_EPISODES_LIFETIME,
+    )
+    groups = [m.ENV_RUNNER_RESULTS]
+    if config.evaluation_interval:
+        groups.append(f"{m.EVALUATION_RESULTS}/{m.ENV_RUNNER_RESULTS}")
+    return {f"{group}/{name}" for group in groups for name in names}
+
+
+def check_stop_keys(experiment: Experiment) -> None:
+    """Fail on a stop criterion no result of the algorithm has (Tune would never stop on it).
+
+    Keys every result has are accepted at once; any other key is looked up in the result of
+    one real training iteration (:func:`probe_result`), plus the episode metrics that only
+    appear once an episode has ended.
+    """
+    config = build_algorithm_config(experiment)
+    known = set(_TUNE_RESULT_KEYS)
+    if config.enable_env_runner_and_connector_v2:
+        known |= {STEPS_KEY} | _episode_result_keys(config)
+    unknown = [key for key in experiment.stop if key not in known]
+    if not unknown:
+        return
+    result = probe_result(experiment)
+    for key in unknown:
+        if key not in result:
+            raise ExperimentError(
+                f"unknown stop criterion {key!r}: no result of {experiment.name!r} has it, so "
+                f"its trials would never stop{_close(key, known | set(result))}"
+            )
+        value = result[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ExperimentError(
+                f"stop criterion {key!r} is not a number in the results of {experiment.name!r} "
+                f"(e.g. {value!r})"
+            )
+
+
+def probe_result(experiment: Experiment) -> dict[str, Any]:
+    """The flat ("a/b") result of one training iteration of ``experiment``'s first grid point.
+
+    It runs in this process with one local env runner (one env) and a local learner, and
+    evaluates in that iteration if the experiment evaluates at all; nothing is written.
+    Ray is started if it is not running.
+    """
+    config = build_algorithm_config(experiment).copy(copy_frozen=False)
+    config.env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+    config.learners(num_learners=0, num_gpus_per_learner=0)
+    if config.evaluation_interval:
+        config.evaluation(evaluation_interval=1, evaluation_num_env_runners=0)
+    if getattr(config, "num_epochs", 1) > 1:
+        config.training(num_epochs=1)
+    made_results_dir = not os.path.isdir(_default_logdir_root())
+    algo = None
+    try:
+        algo = config.build_algo()
+        result = algo.train()
+    except Exception as err:
+        raise ExperimentError(
+            f"one training iteration of {experiment.name!r} failed: {_one_line(err)}"
+        ) from None
+    finally:
+        if algo is not None:
+            algo.stop()
+            _remove_empty_dir(algo.logdir)  # a Trainable outside Tune makes an empty logdir
+            if made_results_dir:
+                _remove_empty_dir(_default_logdir_root())
+    result.pop("config", None)
+    return flatten_result(result)
+
+
+def _default_logdir_root() -> str:
+    from ray.train.constants import DEFAULT_STORAGE_PATH
+
+    return DEFAULT_STORAGE_PATH
+
+
+def _remove_empty_dir(path: str | None) -> None:
+    """rmdir, which only ever removes an empty directory."""
+    if path:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def flatten_result(result: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Tune's flat "a/b" keys of a nested result (those of progress.csv and stop criteria)."""
+    flat: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_result(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def run_experiment(
     experiment: Experiment,
     *,
@@ -586,23 +834,24 @@ def run_experiment(
     verbose: int = 1,
     validate: bool = True,
 ) -> Any:
-    """Validate ``experiment``, then run it with ``tune.run``; returns Tune's ExperimentAnalysis."""
+    """Validate ``experiment``, then run it with ``tune.run``; returns Tune's ExperimentAnalysis.
+
+    With ``validate`` the stop criteria are checked too (:func:`check_stop_keys`).
+    """
     from ray import tune
 
     if validate:
         validate_experiment(experiment)
+        check_stop_keys(experiment)
     algo_cls = resolve_algorithm(experiment.run)
     checkpoint_config = _checkpoint_config(experiment.checkpoint_config, checkpoint_freq)
-    storage = experiment.storage_path or "~/ray_results"
-    if "://" not in storage:  # a local path: Tune and pyarrow want it absolute
-        storage = os.path.abspath(os.path.expanduser(storage))
     return tune.run(
         algo_cls,
         name=experiment.name,
         config=to_param_space(experiment.config, algo_cls),
         stop=experiment.stop or None,
         num_samples=experiment.num_samples,
-        storage_path=os.path.abspath(os.path.expanduser(storage)),
+        storage_path=storage_path(experiment),
         checkpoint_config=checkpoint_config,
         resume="AUTO" if resume else None,
         progress_reporter=progress_reporter,

@@ -1,61 +1,129 @@
 """Training curves from Tune run directories (the paper's Figures 2-4), one line per trial.
 
-Reads every ``progress.csv`` below the given directories and writes three PNGs: return vs env
-steps, synaptic power vs env steps and power vs return.
+Reads every trial's results below the given directories (Tune's ``result.json``, or its
+``progress.csv`` when there is no JSON) and writes three PNGs: return vs env steps, synaptic
+power vs env steps and power vs return.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from rllib_stpn.experiments import POWER_KEY, RETURN_KEY, STEPS_KEY, ExperimentError
+from rllib_stpn.experiments import (
+    POWER_KEY,
+    RETURN_KEY,
+    STEPS_KEY,
+    ExperimentError,
+    flatten_result,
+)
 
-__all__ = ["find_trials", "plot_runs", "read_progress"]
+__all__ = ["find_trials", "plot_runs", "read_progress", "read_results"]
 
 # New-stack names first, then the old stack's.
 _STEPS = (STEPS_KEY, "env_runners/num_env_steps_sampled_lifetime", "timesteps_total")
 _RETURN = (RETURN_KEY, "episode_reward_mean", "env_runners/episode_reward_mean")
 _POWER = (POWER_KEY, "synaptic_power_mean", "custom_metrics/synaptic_power_mean_mean")
 FIGURES = ("return_vs_steps.png", "power_vs_steps.png", "power_vs_return.png")
+RESULT_FILES = ("result.json", "progress.csv")  # Tune's per-trial results, the first preferred
+ITERATION_KEY = "training_iteration"
 
 
 def find_trials(run_dirs: Sequence[str | Path]) -> list[Path]:
-    """Trial directories (those holding a progress.csv) at or below each of ``run_dirs``."""
+    """Trial directories (with a result.json or progress.csv) at or below each of ``run_dirs``."""
     trials: list[Path] = []
     for run_dir in run_dirs:
         run_dir = Path(run_dir).expanduser()
         if not run_dir.is_dir():
             raise ExperimentError(f"run directory not found: {run_dir}")
-        found = sorted(p.parent for p in run_dir.rglob("progress.csv"))
+        found = sorted(
+            {p.parent for name in RESULT_FILES for p in run_dir.rglob(name) if p.is_file()}
+        )
         if not found:
-            raise ExperimentError(f"no progress.csv (Tune trial) in {run_dir}")
+            raise ExperimentError(f"no result.json or progress.csv (Tune trial) in {run_dir}")
         trials.extend(p for p in found if p not in trials)
     return trials
 
 
-def _float(text: str | None) -> float:
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        return math.nan
     try:
-        return float(text) if text not in (None, "") else math.nan
-    except ValueError:
+        return float(value) if value not in (None, "") else math.nan
+    except (TypeError, ValueError):
         return math.nan
 
 
-def read_progress(trial_dir: str | Path) -> dict[str, list[float]]:
-    """``{"steps", "return", "power"}`` series of one trial (NaN where a row lacks a value)."""
-    path = Path(trial_dir) / "progress.csv"
+def _rows_from_json(path: Path) -> list[dict[str, Any]]:
+    """One flat dict per line of Tune's result.json; a line cut off by a kill is skipped."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(result, dict):
+                result.pop("config", None)
+                rows.append(flatten_result(result))
+    return rows
+
+
+def _rows_from_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of progress.csv that match its header.
+
+    After a resume Tune appends rows with the new run's columns under the old header without
+    writing a new one; such rows cannot be attributed to columns and are left out.
+    """
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    columns = rows[0].keys() if rows else []
+        reader = csv.reader(f)
+        header = next(reader, [])
+        return [dict(zip(header, row)) for row in reader if len(row) == len(header)]
+
+
+def read_results(trial_dir: str | Path) -> list[dict[str, Any]]:
+    """The flat results of one trial, one per training iteration, in iteration order.
+
+    Reads result.json (falling back to progress.csv). A resumed trial redoes the iterations
+    after its last checkpoint, so an iteration can appear more than once: the last occurrence
+    is the one the continued run built on, and it is the one kept.
+    """
+    trial_dir = Path(trial_dir)
+    json_path, csv_path = (trial_dir / name for name in RESULT_FILES)
+    if json_path.is_file() and json_path.stat().st_size > 0:
+        rows = _rows_from_json(json_path)
+    elif csv_path.is_file():
+        rows = _rows_from_csv(csv_path)
+    else:
+        raise ExperimentError(f"no result.json or progress.csv in {trial_dir}")
+    by_iteration: dict[float, dict[str, Any]] = {}
+    for row in rows:
+        iteration = _float(row.get(ITERATION_KEY))
+        if not math.isnan(iteration):
+            by_iteration[iteration] = row  # a later occurrence replaces an earlier one
+    return [by_iteration[i] for i in sorted(by_iteration)]
+
+
+def read_progress(trial_dir: str | Path) -> dict[str, list[float]]:
+    """``{"iteration", "steps", "return", "power"}`` series of one trial (NaN where missing)."""
+    rows = read_results(trial_dir)
+    columns = set().union(*rows) if rows else set()
 
     def series(names: Sequence[str]) -> list[float]:
         name = next((n for n in names if n in columns), None)
         return [_float(r.get(name)) if name else math.nan for r in rows]
 
-    return {"steps": series(_STEPS), "return": series(_RETURN), "power": series(_POWER)}
+    return {
+        "iteration": series((ITERATION_KEY,)),
+        "steps": series(_STEPS),
+        "return": series(_RETURN),
+        "power": series(_POWER),
+    }
 
 
 def _label(trial_dir: Path) -> str:

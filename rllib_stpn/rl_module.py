@@ -7,6 +7,12 @@ from typing import Any
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import (
+    TARGET_NETWORK_ACTION_DIST_INPUTS,
+    InferenceOnlyAPI,
+    TargetNetworkAPI,
+)
 from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
@@ -19,8 +25,8 @@ from rllib_stpn.nn.cores import action_dist_input_size, build_core, build_encode
 SYNAPTIC_POWER = "synaptic_power"
 
 
-class STPNModel(TorchRLModule, ValueFunctionAPI):
-    """Recurrent RLModule with an STPN (or baseline) memory core, for PPO, A2C, ...
+class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
+    """Recurrent RLModule with an STPN (or baseline) memory core, for PPO, APPO, A2C, ...
 
     Use it through `RLModuleSpec(module_class=STPNModel, model_config={...})`; the keys are
     those of `rllib_stpn.model_config.DEFAULT_MODEL_CONFIG` (any other key raises).
@@ -33,7 +39,13 @@ class STPNModel(TorchRLModule, ValueFunctionAPI):
     While sampling (`forward_exploration`/`forward_inference`) the output also holds
     "synaptic_power": the power P_t of SPEC section 1 divided by `hidden_size`, i.e. the mean
     per postsynaptic neuron that the paper reports, one value per sample and step.
+
+    For APPO (TargetNetworkAPI) the learner keeps target copies of the encoder, the core and
+    the policy head; `forward_target` runs the training batch, with its stored states, through
+    them. They stay on the learner: env runners neither build nor receive them.
     """
+
+    _TARGET_NETWORKS = ("encoder", "core", "pi")
 
     @override(TorchRLModule)
     def setup(self) -> None:
@@ -66,10 +78,14 @@ class STPNModel(TorchRLModule, ValueFunctionAPI):
         return {k: np.zeros(s, np.float32) for k, s in self.core.state_shapes().items()}
 
     def _embed(
-        self, batch: dict[str, Any], return_power: bool
+        self, batch: dict[str, Any], return_power: bool, target: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         # Recurrent modules get (B, T, ...) observations from RLlib's connectors; stateless
         # ones get (B, ...), run here as T=1.
+        if target:
+            encoder, core = self._target_encoder, self._target_core
+        else:
+            encoder, core = self.encoder, self.core
         obs = batch[Columns.OBS]
         if not self._recurrent:
             obs = obs.unsqueeze(1)
@@ -77,8 +93,8 @@ class STPNModel(TorchRLModule, ValueFunctionAPI):
         seq_lens = batch.get(Columns.SEQ_LENS) if self._recurrent else None
         if seq_lens is not None and tuple(seq_lens.shape) != (obs.shape[0],):
             seq_lens = None
-        x = self.encoder(obs, seq_lens)
-        out, state, power = self.core(
+        x = encoder(obs, seq_lens)
+        out, state, power = core(
             x, batch.get(Columns.STATE_IN), return_power=return_power, seq_lens=seq_lens
         )
         if not self._recurrent:
@@ -112,3 +128,23 @@ class STPNModel(TorchRLModule, ValueFunctionAPI):
         if embeddings is None:
             embeddings, _, _ = self._embed(batch, False)
         return self.vf(embeddings).squeeze(-1)
+
+    @override(TargetNetworkAPI)
+    def make_target_networks(self) -> None:
+        for name in self._TARGET_NETWORKS:
+            setattr(self, f"_target_{name}", make_target_network(getattr(self, name)))
+
+    @override(TargetNetworkAPI)
+    def get_target_network_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(getattr(self, n), getattr(self, f"_target_{n}")) for n in self._TARGET_NETWORKS]
+
+    @override(TargetNetworkAPI)
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Policy logits of the target networks; the state starts from the batch's STATE_IN."""
+        emb, _, _ = self._embed(batch, False, target=True)
+        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._target_pi(emb)}
+
+    @override(InferenceOnlyAPI)
+    def get_non_inference_attributes(self) -> list[str]:
+        # Only the target networks (a learner's copies); the rest is the sampling network.
+        return [f"_target_{name}" for name in self._TARGET_NETWORKS]

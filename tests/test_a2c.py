@@ -252,6 +252,12 @@ def test_grad_clip_applies_global_norm() -> None:
         ({"num_epochs": 4}, "num_epochs"),
         ({"minibatch_size": 32}, "minibatch_size"),
         ({"use_critic": False, "lambda_": 0.9}, "lambda_"),
+        # NaN and infinity would train to NaN weights without a word.
+        ({"lr": float("nan")}, "lr"),
+        ({"lr": [[0, 1e-3], [100, float("inf")]]}, "lr"),
+        ({"entropy_coeff": float("inf")}, "entropy_coeff"),
+        ({"vf_loss_coeff": float("nan")}, "vf_loss_coeff"),
+        ({"grad_clip": float("inf")}, "grad_clip"),
     ],
 )
 def test_bad_config_raises_one_line_error(kwargs: dict, needle: str) -> None:
@@ -453,3 +459,92 @@ def test_bootstrap_rows_give_rllib_layout_loss_and_gradients(rollout):
     torch.testing.assert_close(loss_ours, loss_rllib, rtol=1e-5, atol=1e-6)
     for ours, theirs in zip(grads_ours, grads_rllib):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+# --- several learners ------------------------------------------------------------------------
+
+
+def test_shards_are_whole_episodes_balanced_by_steps() -> None:
+    from rllib_stpn.algorithms.a2c import shard_whole_episodes
+
+    episodes = [list(range(n)) for n in (5, 1, 3, 2, 3)]  # anything with a length
+    shards = shard_whole_episodes(episodes, 2)
+    assert sorted(sum(map(len, s)) for s in shards) == [7, 7]
+    assert sorted(len(e) for s in shards for e in s) == [1, 2, 3, 3, 5]  # none cut, none lost
+    assert [len(s) for s in shard_whole_episodes(episodes[:3], 3)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="2 episode chunks for 3 learners"):
+        shard_whole_episodes(episodes[:2], 3)
+    with pytest.raises(ValueError, match="at least as many envs"):
+        A2CConfig().environment("CartPole-v1").env_runners(num_envs_per_env_runner=1).learners(
+            num_learners=2
+        ).validate()
+
+
+def _learner_weights(algo) -> list[dict[str, np.ndarray]]:
+    """The module weights held by every learner of ``algo``."""
+
+    def weights(learner) -> dict[str, np.ndarray]:
+        module = learner.module[DEFAULT_MODULE_ID].unwrapped()
+        return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}
+
+    if algo.learner_group.is_local:
+        return [weights(algo.learner_group._learner)]
+    return [r.get() for r in algo.learner_group.foreach_learner(weights)]
+
+
+@pytest.mark.parametrize("core", ["stpn", "lstm"])
+def test_two_learners_take_the_single_learner_step(ray_session, core: str) -> None:
+    """num_learners=2 (CPU, DDP) gives the weights of one learner on the whole batch."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rllib_stpn.rl_module import STPNModel
+
+    def config(num_learners: int) -> A2CConfig:
+        # 4 mazes x one 10-step episode: two shards of 20 steps, so the mean of the two
+        # learners' gradients is the gradient of the whole batch.
+        return (
+            A2CConfig()
+            .environment("stpn/Maze-v0", env_config={"size": 5, "episode_length": 10})
+            .env_runners(
+                num_env_runners=0, num_envs_per_env_runner=4, batch_mode="complete_episodes"
+            )
+            .learners(num_learners=num_learners, num_cpus_per_learner=1)
+            .training(lr=1e-2, gamma=0.9, bootstrap_truncated=False, grad_clip=None)
+            .rl_module(
+                rl_module_spec=RLModuleSpec(
+                    module_class=STPNModel,
+                    # max_seq_len 4 < 10 steps: BPTT chunks start from stored states.
+                    model_config={"core": core, "hidden_size": 8, "max_seq_len": 4},
+                )
+            )
+            .debugging(seed=0)
+        )
+
+    two, one = config(2).build_algo(), config(0).build_algo()
+    try:
+        start = _learner_weights(two)
+        for name in start[0]:
+            np.testing.assert_array_equal(start[0][name], start[1][name], err_msg=name)
+        one.learner_group.set_weights(two.learner_group.get_weights())
+        episodes = two.env_runner.sample()
+        assert len(episodes) == 4 and all(len(e) == 10 for e in episodes)
+        timesteps = {"num_env_steps_sampled_lifetime": 40}
+        one._update_learners(copy.deepcopy(episodes), timesteps)
+        two._update_learners(episodes, timesteps)
+        (single,) = _learner_weights(one)
+        changed = 0
+        for learner in _learner_weights(two):
+            for name, value in single.items():
+                np.testing.assert_allclose(learner[name], value, rtol=1e-5, atol=1e-6)
+                changed += int(not np.array_equal(value, start[0][name]))
+        assert changed >= 4, "the step moved (almost) nothing"
+
+        # And through A2C.train(), as a user runs it: both learners keep equal weights.
+        result = two.train()
+        assert np.isfinite(result["learners"][DEFAULT_MODULE_ID]["total_loss"])
+        a, b = _learner_weights(two)
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    finally:
+        two.stop()
+        one.stop()

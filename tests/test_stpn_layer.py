@@ -196,3 +196,32 @@ def test_bad_inputs():
         layer(torch.randn(2, 5, 3), STPNState(good.h, torch.zeros(2, 4, 3)))
     with pytest.raises(ValueError, match="state must be STPNState"):
         layer(torch.randn(2, 5, 3), good.h)
+
+
+def test_dtype_or_device_other_than_the_parameters_is_one_clear_error():
+    layer = STPN(3, 4)  # float32 on the CPU
+    x, good = torch.randn(2, 5, 3), layer.initial_state(2)
+    cases = [
+        ((x.double(), None), r"^x has dtype torch.float64 on device cpu, expected torch.float32"),
+        ((x.long(), None), r"^x has dtype torch.int64 on device cpu, expected torch.float32"),
+        ((x, STPNState(good.h.double(), good.F)), r"^state.h has dtype torch.float64 on device"),
+        # "meta" is a real device other than the parameters' one, available without a GPU.
+        (
+            (x, STPNState(good.h, good.F.to("meta"))),
+            r"^state.F has dtype torch.float32 on "
+            r"device meta, expected torch.float32 on cpu",
+        ),
+        ((x.to("meta"), None), r"^x has dtype torch.float32 on device meta, expected"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match) as info:
+            layer(*args)
+        assert "\n" not in str(info.value)
+    # A float64 layer wants float64 inputs and states, and names them as expected.
+    layer64 = STPN(3, 4).double()
+    with pytest.raises(ValueError, match="x has dtype torch.float32 .* expected torch.float64"):
+        layer64(x)
+    with pytest.raises(ValueError, match="state.F has dtype torch.float32 .* expected .*float64"):
+        layer64(x.double(), STPNState(good.h.double(), good.F))
+    with pytest.raises(ValueError, match="state.h must be a tensor, got list"):
+        layer(x, STPNState([0.0], good.F))

@@ -12,9 +12,11 @@ The loss lives in :mod:`rllib_stpn.algorithms.a2c_learner`.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import TYPE_CHECKING, Any
 
+import ray
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.connectors.common import AddTimeDimToBatchAndZeroPad
@@ -44,7 +46,8 @@ if TYPE_CHECKING:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A real, finite number (NaN or infinity would train to NaN weights without an error)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class A2CConfig(AlgorithmConfig):
@@ -249,6 +252,13 @@ class A2CConfig(AlgorithmConfig):
                 "A2C updates on the whole batch: `minibatch_size` must be None, got "
                 f"{self.minibatch_size!r}"
             )
+        envs = self.num_envs_per_env_runner * max(1, self.num_env_runners)
+        if self.num_learners > 1 and envs < self.num_learners:
+            raise ValueError(
+                f"A2C gives each of its {self.num_learners} learners whole episodes: sample "
+                f"from at least as many envs in total, got {envs} "
+                "(num_envs_per_env_runner x max(1, num_env_runners))"
+            )
         # An explicitly given train batch size must agree with the rollout size; otherwise it
         # is only used to derive `rollout_fragment_length="auto"`.
         if self._train_batch_size_per_learner is not None and self.batch_mode != (
@@ -307,8 +317,8 @@ class A2C(Algorithm):
         # Exactly one gradient step on the whole batch (advantages are computed by the
         # learner connector, see A2CTorchLearner.build).
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-            learner_results = self.learner_group.update(
-                episodes=episodes,
+            learner_results = self._update_learners(
+                episodes,
                 timesteps={
                     NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
                         (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
@@ -318,9 +328,6 @@ class A2C(Algorithm):
                         default=0,
                     ),
                 },
-                num_epochs=1,
-                minibatch_size=None,
-                shuffle_batch_per_epoch=False,
             )
             self.metrics.aggregate(learner_results, key=LEARNER_RESULTS)
 
@@ -332,6 +339,47 @@ class A2C(Algorithm):
                 policies=modules_to_update,
                 inference_only=True,
             )
+
+    def _update_learners(self, episodes: list, timesteps: dict[str, Any]) -> list[dict]:
+        """One gradient step on ``episodes``; with several learners each gets whole episodes.
+
+        RLlib's own sharding cuts episodes to equalise the shards, which breaks A2C: the first
+        piece ends without a done flag (so a Monte-Carlo return stops at the cut) and a piece
+        loses the episode's ``custom_data`` (where the compact STPN states live). Every
+        learner must take part in the step (DDP all-reduces the gradients), so each shard is a
+        non-empty list of whole episodes, balanced by steps.
+        """
+        num_learners = self.config.num_learners
+        if num_learners <= 1:
+            # No minibatch arguments at all: RLlib then runs exactly one step on the batch.
+            return self.learner_group.update(episodes=episodes, timesteps=timesteps, num_epochs=1)
+        shards = shard_whole_episodes(episodes, num_learners)
+        return self.learner_group.update(
+            episodes_refs=[ray.put(shard) for shard in shards],
+            timesteps=timesteps,
+            num_epochs=1,
+        )
+
+
+def shard_whole_episodes(episodes: list, num_shards: int) -> list[list]:
+    """``episodes`` split into ``num_shards`` non-empty lists of whole episodes.
+
+    Greedy by length (longest first onto the shard with the fewest steps), so the step counts
+    are as even as whole episodes allow; equal when e.g. every episode has the same length and
+    the count divides evenly.
+    """
+    if len(episodes) < num_shards:
+        raise ValueError(
+            f"A2C got {len(episodes)} episode chunks for {num_shards} learners; every learner "
+            "needs at least one (sample from at least as many envs in total as learners)"
+        )
+    shards: list[list] = [[] for _ in range(num_shards)]
+    steps = [0] * num_shards
+    for episode in sorted(episodes, key=len, reverse=True):
+        i = steps.index(min(steps))
+        shards[i].append(episode)
+        steps[i] += len(episode)
+    return shards
 
 
 _REGISTERED = False

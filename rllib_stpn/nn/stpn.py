@@ -115,17 +115,32 @@ class STPN(nn.Module):
             )
         if T == 0:
             raise ValueError("x has 0 time steps, expected at least 1")
+        self._check_dtype_and_device("x", x)
         if state is None:
             return self.initial_state(B, device=x.device, dtype=x.dtype)
         if not (isinstance(state, tuple) and len(state) == 2):
             raise ValueError("state must be STPNState(h, F) or None")
         h, F = state
         H, D = self.hidden_size, self.synapse_size
+        for name, value in (("state.h", h), ("state.F", F)):
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{name} must be a tensor, got {type(value).__name__}")
         if tuple(h.shape) != (B, H):
             raise ValueError(f"state.h has shape {tuple(h.shape)}, expected {(B, H)}")
         if tuple(F.shape) != (B, H, D):
             raise ValueError(f"state.F has shape {tuple(F.shape)}, expected {(B, H, D)}")
+        self._check_dtype_and_device("state.h", h)
+        self._check_dtype_and_device("state.F", F)
         return STPNState(h, F)
+
+    def _check_dtype_and_device(self, name: str, tensor: torch.Tensor) -> None:
+        # Mixed dtypes or devices would fail deep inside the kernels with torch's own errors.
+        dtype, device = self.weight.dtype, self.weight.device
+        if tensor.dtype != dtype or tensor.device != device:
+            raise ValueError(
+                f"{name} has dtype {tensor.dtype} on device {tensor.device}, expected {dtype} on "
+                f"{device} (the layer's parameters); move one with .to(dtype=..., device=...)"
+            )
 
     def forward(
         self,
