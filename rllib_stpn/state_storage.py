@@ -67,6 +67,8 @@ RowStarts = Callable[[int, int], Iterable[int]]
 
 def compact_state_keys(module: Any) -> tuple[str, ...]:
     """The state keys `module` wants stored compactly (`()` for any other module)."""
+    # A learner's module may be wrapped (torch DDP with several learners).
+    module = module.unwrapped() if hasattr(module, "unwrapped") else module
     return tuple(getattr(module, "compact_state_keys", ()) or ())
 
 
