@@ -1,0 +1,273 @@
+"""Reproduce the STPN paper's comparisons at CPU-sized budgets and write docs/results.md.
+
+    python benchmarks/reproduce.py --task art|maze|pendulum|cfd|all [--quick] [--seeds N]
+                                   [--out DIR] [--models NAME,...]
+
+For each task, every model is trained for each seed, one run after another on one torch
+thread; then `<out>/results/<task>.json` (raw per-seed results, settings, timings, machine
+load), `<out>/results/<task>_curves.png`, `<out>/results/<task>_power.png` and the task's
+section of `<out>/results.md` are written. `--out` defaults to docs/. `--quick` runs tiny
+budgets (a smoke run of the whole pipeline) into a temporary directory unless `--out` names
+another one; it never writes to docs/. `--report-only` redraws the plots and the page from the
+JSON already there, without training.
+
+`--models` runs only the named models (a row name such as "Fast Weights" or a core name such
+as fastweights, case-insensitive) and merges them into the task's existing JSON, whose
+settings and seeds must match: the way to add a core that was registered after the full run.
+
+Task code lives in benchmarks/tasks/ (one module per task); supervised.py holds the training
+loop ART and CFD share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from tasks import report
+from tasks.common import ModelSpec, RunResult, mean_std
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TASKS = report.TASK_ORDER  # ("art", "maze", "pendulum", "cfd")
+DEFAULT_SEEDS = {"art": 5}  # cheap enough for the paper's 5 seeds; the others get 3
+
+
+class UsageError(ValueError):
+    """A bad command-line value; printed as one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", required=True, help="art, maze, pendulum, cfd or all")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
+    p.add_argument("--seeds", help="seeds per model (default 5 for art, 3 otherwise)")
+    p.add_argument("--out", help="output directory (default docs/; a temp dir with --quick)")
+    p.add_argument("--models", help="comma-separated models to (re)run and merge")
+    p.add_argument("--report-only", action="store_true", help="redraw plots and page from the JSON")
+    args = p.parse_args(argv)
+    allowed = (*TASKS, "all")
+    if args.task not in allowed:
+        raise UsageError(f"--task must be one of {', '.join(allowed)}; got {args.task!r}")
+    if args.seeds is not None:
+        try:
+            args.seeds = int(args.seeds)
+        except ValueError:
+            raise UsageError(f"--seeds must be an integer >= 1; got {args.seeds!r}") from None
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be an integer >= 1; got {args.seeds}")
+    if args.out is None:
+        quick_dir = args.quick and not args.report_only
+        args.out = tempfile.mkdtemp(prefix="stpn-reproduce-quick-") if quick_dir else DOCS
+    args.out = Path(args.out).resolve()
+    if args.quick and args.out == DOCS.resolve():
+        raise UsageError(f"--quick never writes to {DOCS} (the real page); pass another --out")
+    if args.models is not None:
+        args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not args.models:
+            raise UsageError("--models must name at least one model, e.g. --models lstm,rnn")
+    return args
+
+
+def load_task(name: str) -> ModuleType:
+    return importlib.import_module(f"tasks.{name}")
+
+
+def selected(spec: ModelSpec, names: list[str] | None) -> bool:
+    if names is None:
+        return True
+    wanted = {n.lower() for n in names}
+    return spec.name.lower() in wanted or spec.core.lower() in wanted
+
+
+# ---------------------------------------------------------------------------------------------
+# One task: train every model for every seed
+# ---------------------------------------------------------------------------------------------
+
+
+def run_model(task: ModuleType, spec: ModelSpec, settings: dict[str, Any], seeds: list[int]):
+    """One dict per seed: a RunResult's fields, or the error that stopped the run."""
+    runs, loads = [], []
+    for seed in seeds:
+        loads.append(os.getloadavg()[0])
+        label = f"[{task.NAME}] {settings['variant']}, {spec.name} H={spec.hidden_size} seed {seed}"
+        print(f"{label} ...", flush=True)
+        try:
+            result: RunResult = task.run(spec, settings, seed)
+        except Exception as err:  # keep the other models' runs; the page says "failed"
+            traceback.print_exc()
+            runs.append({"seed": seed, "error": f"{type(err).__name__}: {err}"})
+            continue
+        runs.append(result.to_json())
+        power = "n/a" if result.power_mean is None else f"{result.power_mean:.3g}"
+        print(
+            f"{label}: {task.METRIC} {result.metric * task.METRIC_SCALE:.4g}, "
+            f"power {power}, {result.seconds:.0f} s",
+            flush=True,
+        )
+    return runs, loads
+
+
+def machine() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    import ray
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": commit,
+    }
+
+
+def merge_previous(path: Path, result: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """With --models: keep the other models' runs from the existing JSON (same settings)."""
+    if names is None or not path.exists():
+        return result
+    import json
+
+    old = json.loads(path.read_text())
+    settings = json.loads(json.dumps([v["settings"] for v in result["variants"]]))
+    if old.get("seeds") != result["seeds"] or [v["settings"] for v in old["variants"]] != settings:
+        raise UsageError(
+            f"--models merges into {path}, but its seeds or settings differ from this run's; "
+            "rerun the whole task instead"
+        )
+    for old_v, new_v in zip(old["variants"], result["variants"]):
+        previous = {m["spec"]["name"]: m for m in old_v["models"]}
+        for model in new_v["models"]:
+            if not model["rerun"] and model["spec"]["name"] in previous:
+                model["runs"] = previous[model["spec"]["name"]].get("runs", [])
+    result["invocations"] = old["invocations"] + result["invocations"]
+    return result
+
+
+def run_task(name: str, args: argparse.Namespace) -> bool:
+    """Train, then write JSON, plots and the page section; False if any run failed."""
+    task = load_task(name)
+    seeds = list(range(args.seeds or DEFAULT_SEEDS.get(name, 3)))
+    command = "python benchmarks/reproduce.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if args.argv is None else args.argv)
+    )
+    started = dt.datetime.now().astimezone()
+    t0 = time.perf_counter()
+    loads: list[float] = []
+    variants = []
+    ok = True
+    for settings in task.variants(args.quick):
+        models = []
+        for spec in task.models(settings):
+            rerun = selected(spec, args.models)
+            entry = {"spec": spec.to_json(), "rerun": rerun, "runs": []}
+            if spec.unavailable:
+                if rerun:
+                    print(f"[{name}] {spec.name}: not available ({spec.unavailable})", flush=True)
+            elif rerun:
+                entry["runs"], run_loads = run_model(task, spec, settings, seeds)
+                loads += run_loads
+                ok &= all("error" not in r for r in entry["runs"])
+            models.append(entry)
+        variants.append({"settings": settings, "models": models})
+    loads.append(os.getloadavg()[0])
+    load_mean, _ = mean_std(loads)
+    invocation = {
+        "command": command,
+        "started": started.isoformat(timespec="seconds"),
+        "wall_seconds": time.perf_counter() - t0,
+        "models": args.models,
+        "load": {"mean": load_mean, "min": min(loads), "max": max(loads), "samples": loads},
+        **machine(),
+    }
+    result = {
+        "task": name,
+        "title": task.TITLE,
+        "metric": task.METRIC,
+        "quick": args.quick,
+        "seeds": seeds,
+        "invocations": [invocation],
+        "variants": variants,
+    }
+    json_path = args.out / "results" / f"{name}.json"
+    result = merge_previous(json_path, result, args.models)
+    for variant in result["variants"]:
+        for model in variant["models"]:
+            model.pop("rerun", None)
+    write_outputs(result, task, args.out)
+    print(f"[{name}] done in {invocation['wall_seconds'] / 60:.1f} min", flush=True)
+    return ok
+
+
+def write_outputs(result: dict[str, Any], task: ModuleType, out: Path) -> None:
+    """The task's JSON (with per-model summaries), its two plots and its page section."""
+    for variant in result["variants"]:
+        for model in variant["models"]:
+            model["summary"] = report.summarize_model(model, task.METRIC_SCALE)
+    json_path = out / "results" / f"{task.NAME}.json"
+    report.write_json(json_path, result)
+    images = report.plot_task(result, task, json_path.parent)
+    section = report.markdown_section(result, task, [str(p.relative_to(out)) for p in images])
+    report.update_page(out / "results.md", task.NAME, section)
+    print(f"[{task.NAME}] wrote {json_path}, its plots and {out / 'results.md'}", flush=True)
+
+
+def report_only(name: str, out: Path) -> None:
+    """Rewrite plots and page section from the task's existing JSON (no training)."""
+    import json
+
+    path = out / "results" / f"{name}.json"
+    if not path.exists():
+        raise UsageError(f"--report-only needs {path}; run the task first")
+    write_outputs(json.loads(path.read_text()), load_task(name), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        print(f"reproduce.py: error: {err}", file=sys.stderr)
+        return 2
+    args.argv = argv
+    torch.set_num_threads(1)  # tiny matrices: more threads only contend on a shared machine
+    names = TASKS if args.task == "all" else (args.task,)
+    ok = True
+    for name in names:
+        try:
+            if args.report_only:
+                report_only(name, args.out)
+            else:
+                ok &= run_task(name, args)
+        except UsageError as err:
+            print(f"reproduce.py: error: {err}", file=sys.stderr)
+            return 2
+    print(f"results in {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
