@@ -9,7 +9,9 @@ from rllib_stpn.nn.cores import CORES, ENCODERS
 from rllib_stpn.nn.stpn import PLASTICITY_MODES
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "rnn" or "mlp" (no memory).
+    # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "rnn", "mlp" (no memory), or a
+    # plastic baseline: "fastweights", "modplast", "hebbff", "plastic_hebbian",
+    # "plastic_gradient" (rllib_stpn/nn/plastic.py).
     "core": "stpn",
     # Neurons of the core (H).
     "hidden_size": 64,
@@ -104,8 +106,18 @@ def count_parameters(
         n = 4 * H * (I + H) + 8 * H  # torch.nn.LSTM keeps two bias vectors
     elif core == "rnn":
         n = H * (I + H) + 2 * H
-    else:  # mlp
+    elif core == "mlp":
         n = H * I + H
+    elif core == "fastweights":
+        n = H * (I + H) + 3 * H  # W_x, W_h, bias, layer-norm gain and bias
+    elif core == "modplast":
+        n = H * I + 2 * H * H + 2 * H + 1  # W_in, bias, W, α, neuromodulator w_m and b_m
+    elif core == "hebbff":
+        n = H * I + H + 2  # W, bias, scalar λ (as its logit) and η
+    else:  # plastic_hebbian, plastic_gradient: W, bias, η unit (w_η, b_η), retention logit
+        n = H * (I + H) + 2 * H + 2
+        if core == "plastic_gradient":
+            n += I * H + I  # the inner loss's decoder R, r
     if num_outputs is not None:
         n += (H + 1) * (_positive_int("num_outputs", num_outputs) + 1)
     return n

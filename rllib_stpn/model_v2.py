@@ -29,7 +29,9 @@ class STPNModelV2(RecurrentNetwork, nn.Module):
     """Old-stack recurrent model; `custom_model_config` takes the keys of STPNModel's
     model_config. The state is the list of the core's state tensors in the order of
     `get_initial_state()`: [h, F flattened] for the STPN cores, [h, c] for "lstm", [h] for
-    "rnn", [] for "mlp". The BPTT length is the old stack's own `model["max_seq_len"]`.
+    "rnn", [] for "mlp", and the keys of `core.state_shapes()` in order for the plastic cores
+    (e.g. [h, A flattened] for "fastweights"). The BPTT length is the old stack's own
+    `model["max_seq_len"]`.
     """
 
     def __init__(
@@ -92,7 +94,9 @@ class STPNModelV2(RecurrentNetwork, nn.Module):
         obs = inputs.reshape(B, T, *self._obs_space.shape)
         if self._obs_space.dtype == np.uint8:
             obs = obs.to(torch.uint8)  # preprocessors give float frames; the encoder scales uint8
-        out, new_state, _ = self.core(self.encoder(obs), dict(zip(self._state_keys, state)))
+        out, new_state, _ = self.core(
+            self.encoder(obs), dict(zip(self._state_keys, state)), seq_lens=seq_lens
+        )
         self._value = self.vf(out).reshape(-1)
         return self.pi(out), [new_state[k] for k in self._state_keys]
 

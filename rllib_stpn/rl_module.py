@@ -26,7 +26,9 @@ class STPNModel(TorchRLModule, ValueFunctionAPI):
     those of `rllib_stpn.model_config.DEFAULT_MODEL_CONFIG` (any other key raises).
 
     State per sample (from `get_initial_state()`): {"h": (H,), "F": (H*D,)} for the STPN cores,
-    {"h", "c"} for "lstm", {"h"} for "rnn", and {} for "mlp" (stateless: no time axis).
+    {"h", "c"} for "lstm", {"h"} for "rnn", {} for "mlp" (stateless: no time axis), and for the
+    plastic baselines their flattened matrices (e.g. {"h": (H,), "A": (H*H,)} for
+    "fastweights"; `self.core.compact_state_keys` names the keys that grow with the synapses).
 
     While sampling (`forward_exploration`/`forward_inference`) the output also holds
     "synaptic_power": the power P_t of SPEC section 1 divided by `hidden_size`, i.e. the mean

@@ -19,12 +19,7 @@ ACT = gym.spaces.Discrete(2)
 H = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_rl_module.py
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_v2(core: str, **extra) -> STPNModelV2:
@@ -59,6 +54,11 @@ def test_same_outputs_as_rl_module(core):
         "lstm": [(H,), (H,)],
         "rnn": [(H,)],
         "mlp": [],
+        "fastweights": [(H,), (H * H,)],
+        "modplast": [(H,), (H * H,)],
+        "hebbff": [(H * 3,)],
+        "plastic_hebbian": [(H,), (H * (3 + H),)],
+        "plastic_gradient": [(H,), (H * (3 + H),)],
     }[core]
     assert [tuple(s.shape) for s in state0] == expected_shapes
     B, T = 3, 4

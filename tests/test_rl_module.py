@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from plastic_reference import reference
 from ray.rllib.core.columns import Columns
 
 from rllib_stpn.model_config import (
@@ -24,14 +25,7 @@ H = 6
 STATEFUL = [c for c in CORES if c != "mlp"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # On a shared 2-core machine torch's intra-op threads spin against each other: a B=8
-    # single-step forward goes from <1 ms to ~50 ms. Everything here runs in this process.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(core: str, obs_space: gym.Space = VEC_OBS, **cfg) -> STPNModel:
@@ -51,10 +45,13 @@ def batched_state(module: STPNModel, B: int) -> dict[str, torch.Tensor]:
 
 
 def randomize_plasticity(module: STPNModel) -> None:
-    # Γ is initialised ~1e-3: make F matter so that state handling errors would show.
+    # Γ is initialised ~1e-3 (HebbFF's η at 0): make the synaptic memory matter so that state
+    # handling errors would show.
     for name, p in module.named_parameters():
         if "weight_gamma" in name:
             torch.nn.init.uniform_(p, -0.5, 0.5)
+        if name == "core.layer.eta":
+            torch.nn.init.constant_(p, 0.5)
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -67,6 +64,11 @@ def test_state_layout_and_shapes(core):
         "lstm": {"h": (H,), "c": (H,)},
         "rnn": {"h": (H,)},
         "mlp": {},
+        "fastweights": {"h": (H,), "A": (H * H,)},
+        "modplast": {"h": (H,), "Hebb": (H * H,)},
+        "hebbff": {"A": (H * I,)},
+        "plastic_hebbian": {"h": (H,), "P": (H * (I + H),)},
+        "plastic_gradient": {"h": (H,), "P": (H * (I + H),)},
     }[core]
     state = m.get_initial_state()
     assert {k: v.shape for k, v in state.items()} == expected
@@ -161,6 +163,8 @@ def _direct_power(m: STPNModel, obs: torch.Tensor) -> torch.Tensor:
             powers.append(((G / n).abs() * (z * z).unsqueeze(1)).sum((1, 2)))
             F = s.weight_lambda * F / n + s.weight_gamma * h.unsqueeze(-1) * z.unsqueeze(1)
         return torch.stack(powers, 1)
+    if hasattr(core, "layer"):  # the plastic cores: tests/plastic_reference.py
+        return reference(core.layer, obs, core.layer.initial_state(B))[2].float()
     if cfg["core"] == "mlp":
         W = core.linear.weight
         return ((obs * obs).unsqueeze(2) * W.abs().unsqueeze(0).unsqueeze(0)).sum((2, 3))

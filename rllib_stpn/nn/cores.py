@@ -1,8 +1,10 @@
 """Memory cores and observation encoders shared by STPNModel (new stack) and STPNModelV2 (old).
 
-Every core has one interface: `out, state, power = core(x, state, return_power=...)` with
-x (B, T, I), state a dict of (B, ...) tensors (or None for zeros), out (B, T, H) and power the
-per-step synaptic power P_t (B, T) summed over the core's synapses (SPEC section 1), or None.
+Every core has one interface: `out, state, power = core(x, state, return_power=...,
+seq_lens=...)` with x (B, T, I), state a dict of (B, ...) tensors (or None for zeros), out
+(B, T, H) and power the per-step synaptic power P_t (B, T) summed over the core's synapses
+(SPEC section 1), or None. `seq_lens` (B,) gives each row's valid steps; steps past it are
+zero padding whose outputs are ignored, so the cores here compute over them and ignore it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from rllib_stpn.nn.plastic import FastWeightsRNN, HebbFF, ModPlastRNN, PlasticLayer, PlasticRNN
 from rllib_stpn.nn.stpn import STPN, STPNState
 
-CORES = ("stpn", "stpnf", "lstm", "rnn", "mlp")
+CORES = (
+    "stpn",
+    "stpnf",
+    "lstm",
+    "rnn",
+    "mlp",
+    "fastweights",
+    "modplast",
+    "hebbff",
+    "plastic_hebbian",
+    "plastic_gradient",
+)
 ENCODERS = ("auto", "mlp")
 
 State = dict[str, torch.Tensor]
@@ -40,6 +54,9 @@ class MemoryCore(nn.Module):
 
     input_size: int
     hidden_size: int
+    # State keys whose size grows with the synapse count (e.g. STPN's F): RLlib should keep
+    # them once per training sequence rather than once per step.
+    compact_state_keys: tuple[str, ...] = ()
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-sample state shapes, e.g. {"h": (H,)}; {} for a stateless core."""
@@ -63,16 +80,29 @@ class MemoryCore(nn.Module):
                 f"state has keys {sorted(state)}, expected {sorted(expected)} for "
                 f"{type(self).__name__}"
             )
+        B = x.shape[0]
+        for k, s in expected.items():
+            if tuple(state[k].shape) != (B, *s):
+                raise ValueError(
+                    f"state[{k!r}] has shape {tuple(state[k].shape)}, expected {(B, *s)}"
+                )
         return state
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, *, return_power: bool = False
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        *,
+        return_power: bool = False,
+        seq_lens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         raise NotImplementedError
 
 
 class STPNCore(MemoryCore):
     """STPNr (`recurrent=True`) or STPNf; state {"h": (B, H), "F": (B, H*D)} with F flattened."""
+
+    compact_state_keys = ("F",)
 
     def __init__(
         self,
@@ -96,7 +126,7 @@ class STPNCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"h": (self.hidden_size,), "F": (self.hidden_size * self.stpn.synapse_size,)}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         state = self._state_or_zeros(x, state)
         B, H, D = x.shape[0], self.hidden_size, self.stpn.synapse_size
         result = self.stpn(
@@ -118,7 +148,7 @@ class LSTMCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"h": (self.hidden_size,), "c": (self.hidden_size,)}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         state = self._state_or_zeros(x, state)
         h0, c0 = state["h"], state["c"]
         out, (h, c) = self.lstm(x, (h0.unsqueeze(0).contiguous(), c0.unsqueeze(0).contiguous()))
@@ -140,7 +170,7 @@ class RNNCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"h": (self.hidden_size,)}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         state = self._state_or_zeros(x, state)
         h0 = state["h"]
         out, h = self.rnn(x, h0.unsqueeze(0).contiguous())
@@ -162,10 +192,67 @@ class MLPCore(MemoryCore):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {}
 
-    def forward(self, x, state=None, *, return_power=False):
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
         out = torch.tanh(self.linear(x))
         power = _gate_power(x, None, self.linear.weight, None) if return_power else None
         return out, {}, power
+
+
+class PlasticLayerCore(MemoryCore):
+    """A layer of `rllib_stpn.nn.plastic` as a core: its state matrices travel flattened.
+
+    A subclass names its `layer_class`. The state keys are the layer's NamedTuple fields, e.g.
+    {"h": (H,), "A": (H*H,)}; the power is the layer's (SPEC section 1 over the efficacies the
+    layer applies, see its docstring).
+    """
+
+    layer_class: type[PlasticLayer]
+
+    def __init__(self, input_size: int, hidden_size: int, **layer_kwargs) -> None:
+        super().__init__()
+        self.layer = self.layer_class(input_size, hidden_size, **layer_kwargs)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: (math.prod(s),) for k, s in self.layer.state_shapes().items()}
+
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
+        self.layer.check_input(x)
+        state = self._state_or_zeros(x, state)
+        B = x.shape[0]
+        shapes = self.layer.state_shapes()
+        layer_state = self.layer.state_type(*(state[k].reshape(B, *s) for k, s in shapes.items()))
+        result = self.layer(x, layer_state, return_power=return_power)
+        new = {k: v.reshape(B, -1) for k, v in zip(shapes, result[1])}
+        return result[0], new, result[2] if return_power else None
+
+
+class FastWeightsCore(PlasticLayerCore):
+    """Ba et al. 2016 fast weights (FastWeightsRNN); state {"h": (H,), "A": (H*H,)}."""
+
+    layer_class = FastWeightsRNN
+    compact_state_keys = ("A",)
+
+
+class ModPlastCore(PlasticLayerCore):
+    """Miconi et al. 2019 Backpropamine (ModPlastRNN); state {"h": (H,), "Hebb": (H*H,)}."""
+
+    layer_class = ModPlastRNN
+    compact_state_keys = ("Hebb",)
+
+
+class HebbFFCore(PlasticLayerCore):
+    """Tyulmankov et al. 2022 HebbFF; state {"A": (H*I,)} (no recurrent neurons)."""
+
+    layer_class = HebbFF
+    compact_state_keys = ("A",)
+
+
+class PlasticRNNCore(PlasticLayerCore):
+    """Duan et al. 2023 PlasticRNN, `rule` "hebbian" or "gradient"; state {"h", "P": (H*(I+H),)}."""
+
+    layer_class = PlasticRNN
+    compact_state_keys = ("P",)
 
 
 def build_core(
@@ -191,6 +278,14 @@ def build_core(
         return RNNCore(input_size, hidden_size)
     if core == "mlp":
         return MLPCore(input_size, hidden_size)
+    if core == "fastweights":
+        return FastWeightsCore(input_size, hidden_size)
+    if core == "modplast":
+        return ModPlastCore(input_size, hidden_size)
+    if core == "hebbff":
+        return HebbFFCore(input_size, hidden_size)
+    if core in ("plastic_hebbian", "plastic_gradient"):
+        return PlasticRNNCore(input_size, hidden_size, rule=core.removeprefix("plastic_"))
     raise ValueError(f"core must be one of {CORES}, got {core!r}")
 
 
