@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import multiprocessing
 import os
 import platform
 import shlex
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,13 +57,19 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage + error
+        raise UsageError(message)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, help="art, maze, pendulum, cfd or all")
     p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
     p.add_argument("--seeds", help="seeds per model (default 5 for art, 3 otherwise)")
     p.add_argument("--out", help="output directory (default docs/; a temp dir with --quick)")
     p.add_argument("--models", help="comma-separated models to (re)run and merge")
+    p.add_argument("--jobs", default="1", help="runs in parallel worker processes (default 1)")
     p.add_argument("--report-only", action="store_true", help="redraw plots and page from the JSON")
     args = p.parse_args(argv)
     allowed = (*TASKS, "all")
@@ -74,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UsageError(f"--seeds must be an integer >= 1; got {args.seeds!r}") from None
         if args.seeds < 1:
             raise UsageError(f"--seeds must be an integer >= 1; got {args.seeds}")
+    cpus = os.cpu_count() or 1
+    if not args.jobs.isdigit() or not 1 <= int(args.jobs) <= cpus:
+        raise UsageError(f"--jobs must be an integer from 1 to {cpus} (CPUs); got {args.jobs!r}")
+    args.jobs = int(args.jobs)
     if args.out is None:
         quick_dir = args.quick and not args.report_only
         args.out = tempfile.mkdtemp(prefix="stpn-reproduce-quick-") if quick_dir else DOCS
@@ -103,27 +115,44 @@ def selected(spec: ModelSpec, names: list[str] | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_model(task: ModuleType, spec: ModelSpec, settings: dict[str, Any], seeds: list[int]):
-    """One dict per seed: a RunResult's fields, or the error that stopped the run."""
-    runs, loads = [], []
-    for seed in seeds:
-        loads.append(os.getloadavg()[0])
-        label = f"[{task.NAME}] {settings['variant']}, {spec.name} H={spec.hidden_size} seed {seed}"
-        print(f"{label} ...", flush=True)
-        try:
-            result: RunResult = task.run(spec, settings, seed)
-        except Exception as err:  # keep the other models' runs; the page says "failed"
-            traceback.print_exc()
-            runs.append({"seed": seed, "error": f"{type(err).__name__}: {err}"})
-            continue
-        runs.append(result.to_json())
-        power = "n/a" if result.power_mean is None else f"{result.power_mean:.3g}"
-        print(
-            f"{label}: {task.METRIC} {result.metric * task.METRIC_SCALE:.4g}, "
-            f"power {power}, {result.seconds:.0f} s",
-            flush=True,
-        )
-    return runs, loads
+def run_one(task_name: str, spec: dict[str, Any], settings: dict[str, Any], seed: int):
+    """One seed of one model, here or in a worker process: a RunResult's fields, or the error
+    that stopped the run (the other runs go on; the page says "failed")."""
+    torch.set_num_threads(1)  # tiny matrices: more threads only contend on a shared machine
+    task, model = load_task(task_name), ModelSpec(**spec)
+    label = f"[{task_name}] {settings['variant']}, {model.name} H={model.hidden_size} seed {seed}"
+    print(f"{label} ...", flush=True)
+    try:
+        result: RunResult = task.run(model, settings, seed)
+    except Exception as err:
+        traceback.print_exc()
+        return {"seed": seed, "error": f"{type(err).__name__}: {err}"}
+    power = "n/a" if result.power_mean is None else f"{result.power_mean:.3g}"
+    print(
+        f"{label}: {task.METRIC} {result.metric * task.METRIC_SCALE:.4g}, "
+        f"power {power}, {result.seconds:.0f} s",
+        flush=True,
+    )
+    return result.to_json()
+
+
+def run_all(name: str, jobs: list[tuple[dict, dict, dict, int]], workers: int) -> list[float]:
+    """Run (entry, spec, settings, seed) jobs, appending each result to its entry's "runs" in
+    job order, in this process or in `workers` spawned processes; returns the 1-minute load
+    averages sampled before each job and as each finishes."""
+    loads = [os.getloadavg()[0]]
+    if workers == 1:
+        for entry, spec, settings, seed in jobs:
+            entry["runs"].append(run_one(name, spec, settings, seed))
+            loads.append(os.getloadavg()[0])
+        return loads
+    # spawn, not fork: the parent may hold Ray and torch threads that a fork would copy.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, name, spec, s, seed) for _, spec, s, seed in jobs]
+        for (entry, *_), future in zip(jobs, futures):
+            entry["runs"].append(future.result())
+            loads.append(os.getloadavg()[0])
+    return loads
 
 
 def machine() -> dict[str, Any]:
@@ -177,30 +206,27 @@ def run_task(name: str, args: argparse.Namespace) -> bool:
     )
     started = dt.datetime.now().astimezone()
     t0 = time.perf_counter()
-    loads: list[float] = []
-    variants = []
-    ok = True
+    variants, jobs = [], []
     for settings in task.variants(args.quick):
         models = []
         for spec in task.models(settings):
             rerun = selected(spec, args.models)
             entry = {"spec": spec.to_json(), "rerun": rerun, "runs": []}
-            if spec.unavailable:
-                if rerun:
-                    print(f"[{name}] {spec.name}: not available ({spec.unavailable})", flush=True)
+            if spec.unavailable and rerun:
+                print(f"[{name}] {spec.name}: not available ({spec.unavailable})", flush=True)
             elif rerun:
-                entry["runs"], run_loads = run_model(task, spec, settings, seeds)
-                loads += run_loads
-                ok &= all("error" not in r for r in entry["runs"])
+                jobs += [(entry, spec.to_json(), settings, seed) for seed in seeds]
             models.append(entry)
         variants.append({"settings": settings, "models": models})
-    loads.append(os.getloadavg()[0])
+    loads = run_all(name, jobs, args.jobs)
+    ok = all("error" not in run for entry, *_ in jobs for run in entry["runs"])
     load_mean, _ = mean_std(loads)
     invocation = {
         "command": command,
         "started": started.isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - t0,
         "models": args.models,
+        "jobs": args.jobs,
         "load": {"mean": load_mean, "min": min(loads), "max": max(loads), "samples": loads},
         **machine(),
     }
@@ -253,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce.py: error: {err}", file=sys.stderr)
         return 2
     args.argv = argv
-    torch.set_num_threads(1)  # tiny matrices: more threads only contend on a shared machine
     names = TASKS if args.task == "all" else (args.task,)
     ok = True
     for name in names:

@@ -24,6 +24,7 @@ NAME = "art"
 TITLE = "Associative retrieval (supervised)"
 METRIC = "test accuracy (%)"
 METRIC_SCALE = 100.0
+CURVE_METRIC = "validation accuracy (%)"
 CURVE_X = "epoch"
 HIGHER_IS_BETTER = True
 
@@ -79,8 +80,8 @@ ROWS = (
     ("Fast Weights", "fastweights", "per_synapse"),
     ("Modplast", "modplast", "per_synapse"),
     ("HebbFF", "hebbff", "per_synapse"),
-    ("Plastic RNN, Hebbian rule", "plastic_hebbian", "per_synapse"),
-    ("Plastic RNN, gradient rule", "plastic_gradient", "per_synapse"),
+    ("PlasticRNN, Hebbian rule", "plastic_hebbian", "per_synapse"),
+    ("PlasticRNN, gradient rule", "plastic_gradient", "per_synapse"),
 )
 # Test accuracy (Table 3) and power per step (Table 4); HebbFF only appears in Table 1.
 PAPER = {

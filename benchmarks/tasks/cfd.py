@@ -38,6 +38,7 @@ NAME = "cfd"
 TITLE = "Continual familiarity detection (supervised)"
 METRIC = "generalisation accuracy (%)"
 METRIC_SCALE = 100.0  # accuracy is shown in percent
+CURVE_METRIC = "validation accuracy (%)"
 CURVE_X = "training iteration"
 HIGHER_IS_BETTER = True
 

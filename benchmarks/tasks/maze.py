@@ -20,6 +20,7 @@ NAME = "maze"
 TITLE = "Maze exploration (A2C)"
 METRIC = "inference reward per episode"
 METRIC_SCALE = 1.0
+CURVE_METRIC = "training return (running mean)"
 CURVE_X = "env steps"
 HIGHER_IS_BETTER = True
 

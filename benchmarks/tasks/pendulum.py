@@ -21,6 +21,7 @@ NAME = "pendulum"
 TITLE = "InvertedPendulum (PPO)"
 METRIC = "inference steps in balance (return)"
 METRIC_SCALE = 1.0
+CURVE_METRIC = "training return (running mean)"
 CURVE_X = "env steps"
 HIGHER_IS_BETTER = True
 

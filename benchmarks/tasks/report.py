@@ -148,7 +148,10 @@ def plot_task(result: dict[str, Any], task: Any, out_dir: Path) -> list[Path]:
     curves_path = out_dir / f"{task.NAME}_curves.png"
     power_path = out_dir / f"{task.NAME}_power.png"
 
-    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 5.6), squeeze=False, sharex="col")
+    # One colour per model (its row index) in every panel of both figures; one legend at the
+    # right of each figure.
+    width = 3.8 * n + 1.9
+    fig, axes = plt.subplots(2, n, figsize=(width, 5.4), squeeze=False, sharex="col")
     for col, variant in enumerate(variants):
         top, bottom = axes[0][col], axes[1][col]
         for i, model in enumerate(variant["models"]):
@@ -157,24 +160,21 @@ def plot_task(result: dict[str, Any], task: Any, out_dir: Path) -> list[Path]:
                 if stats is None:
                     continue
                 x, mean, std = stats
-                color = f"C{i}"  # one colour per model in every panel and both figures
-                ax.plot(x, mean, label=model["spec"]["name"], lw=1.2, color=color)
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
-        top.set_title(variant["settings"]["variant"], fontsize=10)
-        top.set_ylabel(task.CURVE_METRIC if hasattr(task, "CURVE_METRIC") else task.METRIC)
-        bottom.set_ylabel("power / step / neuron")
-        bottom.set_yscale("log")  # baselines' power is often 10x the STPN's
-        bottom.set_xlabel(task.CURVE_X)
+                ax.plot(x, mean, label=model["spec"]["name"], lw=1.2, color=f"C{i}")
+                ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2)
+        top.set_title(variant["settings"]["variant"], fontsize=9)
+        top.set_ylabel(task.CURVE_METRIC, fontsize=8)
+        bottom.set_ylabel("power / step / neuron", fontsize=8)
+        _log_axis(bottom, "y")  # baselines' power is often 10x the STPN's
+        bottom.set_xlabel(task.CURVE_X, fontsize=8)
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{task.TITLE}: training curves, mean ± std over seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(curves_path, dpi=70)
+            ax.tick_params(labelsize=7)
+    _finish(fig, axes[0][0], f"{task.TITLE}: training, mean ± std over seeds", width)
+    fig.savefig(curves_path, dpi=72)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(width, 3.2), squeeze=False)
     for col, variant in enumerate(variants):
         ax = axes[0][col]
         for i, model in enumerate(variant["models"]):
@@ -191,17 +191,36 @@ def plot_task(result: dict[str, Any], task: Any, out_dir: Path) -> list[Path]:
                 color=f"C{i}",
                 label=model["spec"]["name"],
             )
-        ax.set_title(variant["settings"]["variant"], fontsize=10)
-        ax.set_xlabel("inference power / step / neuron")
-        ax.set_xscale("log")
-        ax.set_ylabel(task.METRIC)
+        ax.set_title(variant["settings"]["variant"], fontsize=9)
+        ax.set_xlabel("inference power / step / neuron", fontsize=8)
+        _log_axis(ax, "x")
+        ax.set_ylabel(task.METRIC, fontsize=8)
         ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(power_path, dpi=70)
+        ax.tick_params(labelsize=7)
+    _finish(fig, axes[0][0], f"{task.TITLE}: after training, mean ± std over seeds", width)
+    fig.savefig(power_path, dpi=72)
     plt.close(fig)
     return [curves_path, power_path]
+
+
+def _log_axis(ax: Any, which: str) -> None:
+    """Log scale on `ax`'s `which` ("x" or "y") axis, ticks at 1, 2, 5 x 10^k labelled plainly."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _finish(fig: Any, ax: Any, title: str, width: float) -> None:
+    """Title, and the legend of `ax`'s lines in a column at the right of the figure."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="center right", fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.8 / width, 1))
 
 
 # ---------------------------------------------------------------------------------------------
