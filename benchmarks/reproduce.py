@@ -1,15 +1,15 @@
 """Reproduce the STPN paper's comparisons at CPU-sized budgets and write docs/results.md.
 
     python benchmarks/reproduce.py --task art|maze|pendulum|cfd|all [--quick] [--seeds N]
-                                   [--out DIR] [--models NAME,...]
+                                   [--out DIR] [--models NAME,...] [--jobs N] [--report-only]
 
-For each task, every model is trained for each seed, one run after another on one torch
-thread; then `<out>/results/<task>.json` (raw per-seed results, settings, timings, machine
-load), `<out>/results/<task>_curves.png`, `<out>/results/<task>_power.png` and the task's
-section of `<out>/results.md` are written. `--out` defaults to docs/. `--quick` runs tiny
-budgets (a smoke run of the whole pipeline) into a temporary directory unless `--out` names
-another one; it never writes to docs/. `--report-only` redraws the plots and the page from the
-JSON already there, without training.
+For each task, every model is trained for each seed on one torch thread, one run after
+another (or in `--jobs N` worker processes at once). Then it writes, under `--out` (default
+docs/): `results/<task>.json` (raw per-seed results, settings, timings, machine load),
+`results/<task>_curves.png`, `results/<task>_power.png` and the task's section of
+`results.md`. `--quick` runs tiny budgets (a smoke run of the whole pipeline) into a temporary
+directory unless `--out` names another one; it never writes to docs/. `--report-only` redraws
+the plots and the page from the JSON already there, without training.
 
 `--models` runs only the named models (a row name such as "Fast Weights" or a core name such
 as fastweights, case-insensitive) and merges them into the task's existing JSON, whose
@@ -189,10 +189,19 @@ def merge_previous(path: Path, result: dict[str, Any], names: list[str] | None) 
             "rerun the whole task instead"
         )
     for old_v, new_v in zip(old["variants"], result["variants"]):
-        previous = {m["spec"]["name"]: m for m in old_v["models"]}
+        # Rows are matched by core and plasticity, so a renamed row keeps its runs.
+        previous = {(m["spec"]["core"], m["spec"]["plasticity"]): m for m in old_v["models"]}
         for model in new_v["models"]:
-            if not model["rerun"] and model["spec"]["name"] in previous:
-                model["runs"] = previous[model["spec"]["name"]].get("runs", [])
+            key = (model["spec"]["core"], model["spec"]["plasticity"])
+            if model["rerun"] or key not in previous or not previous[key].get("runs"):
+                continue
+            if previous[key]["spec"]["hidden_size"] != model["spec"]["hidden_size"]:
+                raise UsageError(
+                    f"--models: {model['spec']['name']} ran at H="
+                    f"{previous[key]['spec']['hidden_size']} in {path}, now H="
+                    f"{model['spec']['hidden_size']}; rerun the whole task instead"
+                )
+            model["runs"] = previous[key]["runs"]
     result["invocations"] = old["invocations"] + result["invocations"]
     return result
 
@@ -206,10 +215,11 @@ def run_task(name: str, args: argparse.Namespace) -> bool:
     )
     started = dt.datetime.now().astimezone()
     t0 = time.perf_counter()
-    variants, jobs = [], []
+    variants, jobs, specs = [], [], []
     for settings in task.variants(args.quick):
         models = []
         for spec in task.models(settings):
+            specs.append(spec)
             rerun = selected(spec, args.models)
             entry = {"spec": spec.to_json(), "rerun": rerun, "runs": []}
             if spec.unavailable and rerun:
@@ -218,6 +228,10 @@ def run_task(name: str, args: argparse.Namespace) -> bool:
                 jobs += [(entry, spec.to_json(), settings, seed) for seed in seeds]
             models.append(entry)
         variants.append({"settings": settings, "models": models})
+    unknown = [n for n in args.models or [] if not any(selected(s, [n]) for s in specs)]
+    if unknown:
+        names = sorted({s.name for s in specs} | {s.core for s in specs})
+        raise UsageError(f"--models: no model {unknown} in {name}; models: {', '.join(names)}")
     loads = run_all(name, jobs, args.jobs)
     ok = all("error" not in run for entry, *_ in jobs for run in entry["runs"])
     load_mean, _ = mean_std(loads)
@@ -269,7 +283,17 @@ def report_only(name: str, out: Path) -> None:
     path = out / "results" / f"{name}.json"
     if not path.exists():
         raise UsageError(f"--report-only needs {path}; run the task first")
-    write_outputs(json.loads(path.read_text()), load_task(name), out)
+    result, task = json.loads(path.read_text()), load_task(name)
+    # Labels and the paper's numbers come from the task module as it is now (they are not
+    # measurements); a row whose size changed since it ran keeps its old spec.
+    for variant in result["variants"]:
+        current = {(s.core, s.plasticity): s for s in task.models(variant["settings"])}
+        for model in variant["models"]:
+            spec = current.get((model["spec"]["core"], model["spec"]["plasticity"]))
+            if spec is not None and spec.hidden_size == model["spec"]["hidden_size"]:
+                for key in ("name", "paper_metric", "paper_power", "paper_source"):
+                    model["spec"][key] = getattr(spec, key)
+    write_outputs(result, task, out)
 
 
 def main(argv: list[str] | None = None) -> int:

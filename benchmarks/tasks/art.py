@@ -80,8 +80,8 @@ ROWS = (
     ("Fast Weights", "fastweights", "per_synapse"),
     ("Modplast", "modplast", "per_synapse"),
     ("HebbFF", "hebbff", "per_synapse"),
-    ("PlasticRNN, Hebbian rule", "plastic_hebbian", "per_synapse"),
-    ("PlasticRNN, gradient rule", "plastic_gradient", "per_synapse"),
+    ("PlasticRNN (Hebbian)", "plastic_hebbian", "per_synapse"),
+    ("PlasticRNN (gradient)", "plastic_gradient", "per_synapse"),
 )
 # Test accuracy (Table 3) and power per step (Table 4); HebbFF only appears in Table 1.
 PAPER = {

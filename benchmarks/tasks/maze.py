@@ -39,7 +39,7 @@ def variants(quick: bool) -> list[dict[str, Any]]:
             "size": 7,
             "episode_length": 20 if quick else 50,
             "num_mazes": 8 if quick else 64,
-            "iterations": 3 if quick else 200,
+            "iterations": 3 if quick else 250,
             "lr": 3e-3,
             "gamma": 0.9,
             "vf_loss_coeff": 0.1,

@@ -40,7 +40,7 @@ def variants(quick: bool) -> list[dict[str, Any]]:
             "train_batch": 256 if quick else 2048,
             "minibatch": 64,
             "num_epochs": 2 if quick else 10,
-            "iterations": 2 if quick else 20,
+            "iterations": 2 if quick else 50,
             "lr": 3e-4,
             "gamma": 0.99,
             "lambda": 0.95,
