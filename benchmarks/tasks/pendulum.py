@@ -62,7 +62,9 @@ def notes(s: dict[str, Any]) -> str:
         "ending there. Inference: "
         f"{s['eval_episodes']} episodes after training (at most 1000 steps each), weights "
         "frozen, actions sampled from the policy; power over every step of those episodes. "
-        "The curves show RLlib's running mean return while training."
+        "The curves show RLlib's running mean return while training. The paper's Table 4 "
+        "gives the RNN's power as 143.0 ± 22.4, the same numbers as its reward in Table 3; it "
+        "is quoted as printed."
     )
 
 

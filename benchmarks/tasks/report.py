@@ -306,6 +306,9 @@ def markdown_section(result: dict[str, Any], task: Any, images: list[str]) -> st
                 f"| {spec['name']} | {core} | {hidden} | {params} | {ours[0]} | {ours[1]} "
                 f"| {ours[2]} | {paper[0]} | {paper[1]} |"
             )
+        sources = sorted({m["spec"]["paper_source"] for m in variant["models"]} - {None})
+        if sources:
+            lines += ["", f"The paper's numbers: {'; '.join(sources)}."]
         unavailable = [m["spec"] for m in variant["models"] if m["spec"].get("unavailable")]
         if unavailable:
             names = ", ".join(f"{u['name']} (`{u['core']}`)" for u in unavailable)
