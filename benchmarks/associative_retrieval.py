@@ -20,13 +20,19 @@ Read top to bottom: arguments, data, models, training, main.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from supervised import (
+    SequenceModel,
+    batched,
+    evaluate_in_batches,
+    matched_hidden_size,
+    num_params,
+    trainable_parameters,
+)
+from supervised import train as supervised_train
 from torch import nn
-
-from rllib_stpn import STPN
 
 # ---------------------------------------------------------------------------------------------
 # Arguments
@@ -153,71 +159,68 @@ def decode(tokens: torch.Tensor) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class STPNClassifier(nn.Module):
+class STPNClassifier(SequenceModel):
     """STPNr (recurrent, per-synapse plasticity, normalised) -> Linear(H, 10)."""
 
     def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.core = STPN(NUM_SYMBOLS, hidden_size)
-        self.readout = nn.Linear(hidden_size, NUM_DIGITS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.core(x)
-        return self.readout(out[:, -1])
+        super().__init__("stpn", NUM_SYMBOLS, hidden_size, NUM_DIGITS)
 
 
-class LSTMClassifier(nn.Module):
+class LSTMClassifier(SequenceModel):
     """nn.LSTM -> Linear(H, 10)."""
 
     def __init__(self, hidden_size: int) -> None:
-        super().__init__()
-        self.core = nn.LSTM(NUM_SYMBOLS, hidden_size, batch_first=True)
-        self.readout = nn.Linear(hidden_size, NUM_DIGITS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out, _ = self.core(x)
-        return self.readout(out[:, -1])
+        super().__init__("lstm", NUM_SYMBOLS, hidden_size, NUM_DIGITS)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+count_parameters = trainable_parameters
 
 
 def lstm_params(hidden: int) -> int:
     """Trainable parameters of LSTMClassifier(hidden): 4 gates with W_ih, W_hh, b_ih, b_hh."""
-    return (
-        4 * (hidden * NUM_SYMBOLS + hidden * hidden + 2 * hidden) + hidden * NUM_DIGITS + NUM_DIGITS
-    )
+    return num_params("lstm", NUM_SYMBOLS, hidden, NUM_DIGITS, plasticity="per_synapse")
 
 
 def matching_lstm_hidden(budget: int) -> int:
     """The LSTM hidden size whose parameter count is closest to `budget`."""
-    hidden = 1
-    while lstm_params(hidden + 1) <= budget:
-        hidden += 1
-    if abs(lstm_params(hidden + 1) - budget) < abs(lstm_params(hidden) - budget):
-        hidden += 1
-    return hidden
+    return matched_hidden_size(budget, "lstm", NUM_SYMBOLS, NUM_DIGITS)
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# Training (the loop itself is supervised.train, shared with reproduce.py's supervised tasks)
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
+def last_step_cross_entropy(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]):
+    """Cross-entropy of the readout of the last step against the answer digit."""
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def _answer_is_argmax(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1).cpu() == answers
+
+
+def evaluate(
+    model: SequenceModel, tokens: torch.Tensor, answers: torch.Tensor, batch_size: int = 2000
+) -> dict[str, float]:
+    """Accuracy and per-step synaptic power per neuron (mean, std) over the given sequences."""
+    device = next(model.parameters()).device
+    return evaluate_in_batches(
+        model,
+        tokens,
+        answers,
+        _answer_is_argmax,
+        batch_size=batch_size,
+        transform=lambda t: one_hot(t.to(device)),
+    )
+
+
 def accuracy(
-    model: nn.Module, tokens: torch.Tensor, answers: torch.Tensor, batch_size: int = 2000
+    model: SequenceModel, tokens: torch.Tensor, answers: torch.Tensor, batch_size: int = 2000
 ) -> float:
     """Fraction of sequences whose arg-max digit is the answer."""
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(tokens), batch_size):
-        x = one_hot(tokens[i : i + batch_size].to(device))
-        correct += (model(x).argmax(-1).cpu() == answers[i : i + batch_size]).sum().item()
-    model.train()
-    return correct / len(tokens)
+    return evaluate(model, tokens, answers, batch_size)["accuracy"]
 
 
 def train(
@@ -233,38 +236,35 @@ def train(
 ) -> list[dict[str, float]]:
     """Adam on cross-entropy, reshuffling each epoch; returns one dict per epoch.
 
-    Each dict has the epoch, the mean training loss, the validation accuracy (when
-    `valid_data` is given) and the seconds since the start; `log_prefix` prints them.
+    Each dict has the epoch, the mean training loss, the validation accuracy and synaptic power
+    per step and neuron (when `valid_data` is given) and the seconds since the start;
+    `log_prefix` prints them.
     """
     tokens, answers = train_data
     device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(tokens), generator=generator)
-        total_loss = 0.0
-        for i in range(0, len(tokens), batch_size):
-            idx = order[i : i + batch_size]
-            x, y = one_hot(tokens[idx].to(device)), answers[idx].to(device)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-        record = {"epoch": epoch, "loss": total_loss / len(tokens)}
-        if valid_data is not None:
-            record["valid_acc"] = accuracy(model, *valid_data)
-        record["seconds"] = time.perf_counter() - start
-        history.append(record)
-        if log_prefix is not None:
-            valid = f"  valid acc {record['valid_acc']:6.2%}" if valid_data is not None else ""
-            print(
-                f"{log_prefix} epoch {epoch:3d}/{epochs}  train loss {record['loss']:.4f}"
-                f"{valid}  ({record['seconds']:.0f} s)",
-                flush=True,
-            )
-    return history
+
+    def batches(epoch: int):
+        return batched(
+            tokens,
+            answers.to(device),
+            batch_size,
+            generator,
+            transform=lambda t: one_hot(t.to(device)),
+        )
+
+    def valid(m: nn.Module) -> dict[str, float]:
+        r = evaluate(m, *valid_data)
+        return {"valid_acc": r["accuracy"], "valid_power": r["power_mean"]}
+
+    return supervised_train(
+        model,
+        last_step_cross_entropy,
+        batches,
+        epochs=epochs,
+        lr=lr,
+        evaluate=valid if valid_data is not None else None,
+        log_prefix=log_prefix,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""Train an RLlib algorithm built from a config, then evaluate it with frozen weights.
+
+Shared by the maze (A2C) and InvertedPendulum (PPO) tasks. Everything runs in this process
+(no remote env runners or learners), so one small local Ray instance serves every run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from rllib_stpn import STPNModel, SynapticPowerCallback
+from rllib_stpn.evaluate import _episodes_new_stack, summarize
+from tasks.common import ModelSpec, RunResult
+
+RETURN = ("env_runners", "episode_return_mean")
+POWER = ("env_runners", "synaptic_power_mean")
+STEPS = ("env_runners", "num_env_steps_sampled_lifetime")
+
+
+def init_ray() -> None:
+    """A 1-CPU local Ray instance (RLlib needs one even when every actor is local)."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not ray.is_initialized():
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+
+
+def _get(result: dict[str, Any], path: tuple[str, str]) -> float | None:
+    value = result.get(path[0], {}).get(path[1])
+    return None if value is None else float(value)
+
+
+def with_model(config: Any, spec: ModelSpec, seed: int, max_seq_len: int) -> Any:
+    """`config` with STPNModel around `spec`'s core, the power callback and the seed."""
+    return (
+        config.rl_module(
+            rl_module_spec=RLModuleSpec(
+                module_class=STPNModel,
+                model_config={
+                    "core": spec.core,
+                    "hidden_size": spec.hidden_size,
+                    "plasticity": spec.plasticity,
+                    "max_seq_len": max_seq_len,  # BPTT chunk length
+                },
+            )
+        )
+        .callbacks(SynapticPowerCallback)
+        .debugging(seed=seed)
+    )
+
+
+def train_and_evaluate(
+    config: Any, seed: int, settings: dict[str, Any], *, explore: bool = True
+) -> RunResult:
+    """`settings["iterations"]` calls of `algo.train()`, then `settings["eval_episodes"]`
+    episodes without training.
+
+    The curve holds, per iteration, the env steps sampled so far, the mean return of the
+    episodes finished in it (None when none finished) and the mean synaptic power per step and
+    neuron while sampling. The final metric is the mean return of the evaluation episodes,
+    sampled from the policy (`explore=True`, the stochastic agent) by the local env runner
+    that trained; its power is the mean and std over every evaluation step.
+    """
+    init_ray()
+    start = time.perf_counter()
+    algo = config.build_algo()
+    xs, returns, powers = [], [], []
+    try:
+        for _ in range(settings["iterations"]):
+            result = algo.train()
+            xs.append(_get(result, STEPS))
+            returns.append(_get(result, RETURN))
+            powers.append(_get(result, POWER))
+        ep_returns, lengths, step_powers = _episodes_new_stack(
+            algo, settings["eval_episodes"], explore
+        )
+    finally:
+        algo.stop()
+    ev = summarize(ep_returns, lengths, step_powers)
+    return RunResult(
+        seed,
+        ev["return_mean"],
+        ev["synaptic_power_mean"],
+        ev["synaptic_power_std"],
+        time.perf_counter() - start,
+        xs,
+        returns,
+        powers,
+        extra={
+            "eval_returns": ev["returns"],
+            "eval_episode_len_mean": ev["episode_len_mean"],
+            "explore": explore,
+        },
+    )
