@@ -19,6 +19,7 @@ from rllib_stpn.experiments import ExperimentError, _one_line, check_writable_di
 __all__ = [
     "check_output_file",
     "checkpoint_problem",
+    "evaluate_algorithm",
     "evaluate_checkpoint",
     "find_checkpoint",
     "format_table",
@@ -226,6 +227,22 @@ def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
     return returns, lengths, powers
 
 
+def evaluate_algorithm(algo: Any, *, episodes: int = 10, explore: bool = True) -> dict[str, Any]:
+    """Run ``episodes`` episodes of a built algorithm's agent, weights frozen (no training).
+
+    Uses the algorithm's local env runner on the new API stack (build it with
+    ``num_env_runners=0``), the classic ``compute_single_action`` loop on the old one. Returns
+    ``summarize``'s dict: mean and std of the return, the length and the per-step power.
+    """
+    if episodes < 1:
+        raise ExperimentError(f"episodes must be >= 1, got {episodes}")
+    if algo.config.enable_env_runner_and_connector_v2:
+        returns, lengths, powers = _episodes_new_stack(algo, episodes, explore)
+    else:
+        returns, lengths, powers = _episodes_old_stack(algo, episodes, explore)
+    return summarize(returns, lengths, powers)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path, *, episodes: int = 10, explore: bool = True, seed: int | None = None
 ) -> dict[str, Any]:
@@ -239,14 +256,10 @@ def evaluate_checkpoint(
     checkpoint = find_checkpoint(checkpoint)
     algo = _load_algorithm(checkpoint, seed)
     try:
-        if algo.config.enable_env_runner_and_connector_v2:
-            returns, lengths, powers = _episodes_new_stack(algo, episodes, explore)
-        else:
-            returns, lengths, powers = _episodes_old_stack(algo, episodes, explore)
+        result = evaluate_algorithm(algo, episodes=episodes, explore=explore)
         env = algo.config.env
     finally:
         algo.stop()
-    result = summarize(returns, lengths, powers)
     result.update(
         {
             "checkpoint": str(checkpoint),

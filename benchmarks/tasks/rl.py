@@ -13,7 +13,7 @@ from typing import Any
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rllib_stpn import STPNModel, SynapticPowerCallback
-from rllib_stpn.evaluate import _episodes_new_stack, summarize
+from rllib_stpn.evaluate import evaluate_algorithm
 from tasks.common import ModelSpec, RunResult
 
 RETURN = ("env_runners", "episode_return_mean")
@@ -76,12 +76,9 @@ def train_and_evaluate(
             xs.append(_get(result, STEPS))
             returns.append(_get(result, RETURN))
             powers.append(_get(result, POWER))
-        ep_returns, lengths, step_powers = _episodes_new_stack(
-            algo, settings["eval_episodes"], explore
-        )
+        ev = evaluate_algorithm(algo, episodes=settings["eval_episodes"], explore=explore)
     finally:
         algo.stop()
-    ev = summarize(ep_returns, lengths, step_powers)
     return RunResult(
         seed,
         ev["return_mean"],
