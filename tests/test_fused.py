@@ -436,3 +436,24 @@ def test_returned_states_are_never_overwritten(backend):
                 copies.append(torch.as_tensor(np.array(view)).clone())
     for view, copy_ in zip(held, copies):
         torch.testing.assert_close(torch.as_tensor(np.asarray(view)), copy_)
+
+
+def test_cpp_kernel_flushes_denormals_only_while_it_runs():
+    """The kernel's threads flush denormal floats (inputs that only decay make them, and they are
+    tens of times slower) and give the caller's floating-point mode back afterwards."""
+    fused_cpp.load()
+    torch.manual_seed(20)
+    layer = STPN(6, 4)
+    x = torch.randn(2, 5, 6)
+    x[..., :3] = 0.0  # synapses of zero inputs only decay
+    F = torch.full((2, 4, 10), 1e-39)  # denormal in float32
+    F[..., 3:] = torch.randn(2, 4, 7)
+    state = STPNState(torch.zeros(2, 4), F)
+    out, st = layer(x, state)
+    ref = copy.deepcopy(layer)
+    ref.implementation = "reference"
+    expected, _ = ref(x, state)
+    torch.testing.assert_close(out, expected)
+    assert (st.F.abs() < 1.2e-38).sum() == (st.F == 0).sum()  # no denormal left in the output
+    tiny = torch.tensor([1e-39]) * torch.tensor([1.0])
+    assert tiny.item() != 0.0  # the caller's mode: denormals still exist here

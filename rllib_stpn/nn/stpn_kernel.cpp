@@ -40,6 +40,19 @@ namespace {
 
 using at::Tensor;
 
+// Denormal floats take the slow path of the FPU, tens of times slower per operation, and F
+// makes them: a synapse whose input is zero (a ReLU feature, say) only decays, Λ / n per step,
+// until it underflows. With CNN features that made the training forward and backward about 1.7x
+// slower. Each kernel thread flushes denormals to zero (FTZ/DAZ) while it runs and then
+// restores the caller's mode; the values affected are below 1e-38, far under any tolerance.
+struct FlushDenormals {
+#if defined(__SSE__)
+  const unsigned saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
 // z_t = [x_t ; h_{t-1}] (recurrent) or x_t for every sample, (B, D). h rows are hstride apart.
 template <typename T>
 void build_z(T* z, const T* x, int64_t t, const T* hprev, int64_t hstride, int64_t B,
@@ -169,6 +182,7 @@ void fwd_one_step(const T* x, const T* h0, const T* F0, const T* W, const T* bia
   const int64_t nb = block_size(H, D, 3, sizeof(T));
 #pragma omp parallel num_threads(nthreads)
   {
+    const FlushDenormals flush;
     int64_t b0, b1;
     sample_range(B, b0, b1);
     for (int64_t b = b0; b < b1; ++b) {
@@ -222,6 +236,7 @@ void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias,
   const int64_t nb = block_size(H, D, 3, sizeof(T));
 #pragma omp parallel num_threads(nthreads)
   {
+    const FlushDenormals flush;
     int64_t b0, b1;
     sample_range(B, b0, b1);
     T* zc = za.data();
@@ -334,6 +349,7 @@ void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, c
   const int64_t nb = block_size(H, D, 6, sizeof(T));
 #pragma omp parallel num_threads(nthreads)
   {
+    const FlushDenormals flush;
     int64_t b0, b1;
     sample_range(B, b0, b1);
     T* dWt = acc.data() + static_cast<int64_t>(omp_get_thread_num()) * per;
