@@ -14,7 +14,7 @@ Variants:
 - lstm          STPNModel with the LSTM core.
 Each variant runs in a fresh process with its own Ray instance, so the peaks are its own.
 
-    python benchmarks/pong_throughput.py                 # 8 envs x 50 steps, 5 timed iterations
+    python benchmarks/pong_throughput.py                 # 8 envs x 50 steps, 10 timed iterations
     python benchmarks/pong_throughput.py --envs 64       # the paper's 64 environments
 """
 
@@ -244,7 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=8, help="environments (the paper used 64)")
     parser.add_argument("--rollout", type=int, default=50, help="rollout length = max_seq_len")
-    parser.add_argument("--iterations", type=int, default=5, help="timed iterations")
+    parser.add_argument("--iterations", type=int, default=10, help="timed iterations")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
