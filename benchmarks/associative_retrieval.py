@@ -204,7 +204,8 @@ def _answer_is_argmax(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tens
 def evaluate(
     model: SequenceModel, tokens: torch.Tensor, answers: torch.Tensor, batch_size: int = 2000
 ) -> dict[str, float]:
-    """Accuracy and per-step synaptic power per neuron (mean, std) over the given sequences."""
+    """Accuracy and per-step synaptic power (total over the core's synapses; mean, std) over the
+    given sequences."""
     device = next(model.parameters()).device
     return evaluate_in_batches(
         model,
@@ -237,8 +238,8 @@ def train(
     """Adam on cross-entropy, reshuffling each epoch; returns one dict per epoch.
 
     Each dict has the epoch, the mean training loss, the validation accuracy and synaptic power
-    per step and neuron (when `valid_data` is given) and the seconds since the start;
-    `log_prefix` prints them.
+    per step, summed over the core's synapses (when `valid_data` is given) and the seconds
+    since the start; `log_prefix` prints them.
     """
     tokens, answers = train_data
     device = next(model.parameters()).device

@@ -182,6 +182,7 @@ def merge_previous(path: Path, result: dict[str, Any], names: list[str] | None) 
     import json
 
     old = json.loads(path.read_text())
+    report.power_as_totals(old)  # before the merge: this run's power is a total
     settings = json.loads(json.dumps([v["settings"] for v in result["variants"]]))
     if old.get("seeds") != result["seeds"] or [v["settings"] for v in old["variants"]] != settings:
         raise UsageError(
@@ -249,6 +250,7 @@ def run_task(name: str, args: argparse.Namespace) -> bool:
         "title": task.TITLE,
         "metric": task.METRIC,
         "quick": args.quick,
+        "power": report.POWER_TOTAL,
         "seeds": seeds,
         "invocations": [invocation],
         "variants": variants,
@@ -284,6 +286,8 @@ def report_only(name: str, out: Path) -> None:
     if not path.exists():
         raise UsageError(f"--report-only needs {path}; run the task first")
     result, task = json.loads(path.read_text()), load_task(name)
+    if report.power_as_totals(result):
+        print(f"[{name}] power stored per neuron in {path}: rewritten as totals (x H)", flush=True)
     # Labels and the paper's numbers come from the task module as it is now (they are not
     # measurements); a row whose size changed since it ran keeps its old spec.
     for variant in result["variants"]:

@@ -55,11 +55,10 @@ class SequenceModel(nn.Module):
     def forward_with_power(
         self, x: torch.Tensor, *, return_power: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits and the per-step power per postsynaptic neuron P_t / H, shape (B, T)."""
+        """Logits and the per-step power P_t summed over the core's synapses, shape (B, T)."""
         out, _, power = self.core(x, None, return_power=return_power)
         if self.readout_mode == "last":
             out = out[:, -1]
-        power = power / self.hidden_size if power is not None else None
         return self.readout(out), power
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,7 +186,8 @@ def evaluate_in_batches(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Accuracy (`correct_fn(logits, targets)` gives a 0/1 tensor per prediction) and the
-    per-step power per neuron, mean and std over every sequence and step (inference)."""
+    per-step power (summed over the core's synapses), mean and std over every sequence and step
+    (inference)."""
     was_training = model.training
     model.eval()
     correct, count, powers = 0.0, 0, []

@@ -16,10 +16,11 @@ class SynapticPowerCallback(RLlibCallback):
     """Logs `synaptic_power_mean` into the env runners' metrics (new API stack).
 
     The value is the mean, over every step sampled in the iteration, of the "synaptic_power"
-    column STPNModel writes per step (power per hidden neuron, SPEC section 1). It appears in
-    `result["env_runners"]["synaptic_power_mean"]` (and under `result["evaluation"]` for
-    evaluation runners, i.e. the inference power the paper reports), in progress.csv and in
-    TensorBoard. Use it with `config.callbacks(SynapticPowerCallback)`.
+    column STPNModel writes per step (P_t summed over all of the core's synapses, SPEC
+    section 1). It appears in `result["env_runners"]["synaptic_power_mean"]` (and under
+    `result["evaluation"]` for evaluation runners, i.e. the inference power the paper
+    reports), in progress.csv and in TensorBoard. Use it with
+    `config.callbacks(SynapticPowerCallback)`.
 
     Each `sample()` call logs one value (its mean over all its steps); RLlib averages those
     of one iteration, so with several env runners it is a mean of per-runner means.

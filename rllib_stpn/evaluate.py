@@ -107,7 +107,10 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(returns: Sequence[float], lengths: Sequence[int], powers: Sequence[float]) -> dict:
-    """Mean and std of episode return and length and of the per-step power (over all steps)."""
+    """Mean and std of episode return and length and of the per-step power (over all steps).
+
+    Each power value is one step's P_t summed over all of the core's synapses (SPEC section 1).
+    """
     ret_mean, ret_std = _mean_std(list(returns))
     len_mean, len_std = _mean_std([float(x) for x in lengths])
     pow_mean, pow_std = _mean_std(list(powers))
@@ -286,7 +289,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("return", _fmt(result["return_mean"], result["return_std"])),
         ("episode length", _fmt(result["episode_len_mean"], result["episode_len_std"])),
         (
-            "synaptic power / step",
+            "synaptic power / step (sum over synapses)",
             _fmt(result["synaptic_power_mean"], result["synaptic_power_std"]),
         ),
     ]

@@ -29,6 +29,8 @@ __all__ = ["find_trials", "plot_runs", "read_progress", "read_results"]
 _STEPS = (STEPS_KEY, "env_runners/num_env_steps_sampled_lifetime", "timesteps_total")
 _RETURN = (RETURN_KEY, "episode_reward_mean", "env_runners/episode_reward_mean")
 _POWER = (POWER_KEY, "synaptic_power_mean", "custom_metrics/synaptic_power_mean_mean")
+# P_t summed over all of the core's synapses (SPEC section 1), not a per-neuron mean.
+POWER_LABEL = "synaptic power per step (sum over synapses)"
 FIGURES = ("return_vs_steps.png", "power_vs_steps.png", "power_vs_return.png")
 RESULT_FILES = ("result.json", "progress.csv")  # Tune's per-trial results, the first preferred
 ITERATION_KEY = "training_iteration"
@@ -145,8 +147,8 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None)
 
     specs = [
         ("steps", "return", "environment steps", "episode return (mean)", FIGURES[0]),
-        ("steps", "power", "environment steps", "synaptic power per step", FIGURES[1]),
-        ("return", "power", "episode return (mean)", "synaptic power per step", FIGURES[2]),
+        ("steps", "power", "environment steps", POWER_LABEL, FIGURES[1]),
+        ("return", "power", "episode return (mean)", POWER_LABEL, FIGURES[2]),
     ]
     written = []
     for x_key, y_key, x_label, y_label, filename in specs:

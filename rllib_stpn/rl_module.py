@@ -37,8 +37,8 @@ class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnly
     "fastweights"; `self.core.compact_state_keys` names the keys that grow with the synapses).
 
     While sampling (`forward_exploration`/`forward_inference`) the output also holds
-    "synaptic_power": the power P_t of SPEC section 1 divided by `hidden_size`, i.e. the mean
-    per postsynaptic neuron that the paper reports, one value per sample and step.
+    "synaptic_power": the power P_t of SPEC section 1 summed over all of the core's synapses
+    (bias excluded), the total the paper reports, one value per sample and step.
 
     For APPO (TargetNetworkAPI) the learner keeps target copies of the encoder, the core and
     the policy head; `forward_target` runs the training batch, with its stored states, through
@@ -110,7 +110,7 @@ class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnly
         if self._recurrent:
             out[Columns.STATE_OUT] = state
         if power is not None:
-            out[SYNAPTIC_POWER] = power / self.core.hidden_size
+            out[SYNAPTIC_POWER] = power
         return out
 
     @override(TorchRLModule)

@@ -182,9 +182,34 @@ def test_compare_orderings_names_every_swap():
     assert same.endswith("Same ordering as the paper.")
 
 
+def test_supervised_power_is_the_cores_total():
+    torch.manual_seed(0)
+    model = supervised.SequenceModel("lstm", 3, 5, 2)
+    x = torch.randn(2, 4, 3)
+    with torch.no_grad():
+        _, power = model.forward_with_power(x)
+        _, _, total = model.core(x, None, return_power=True)
+    torch.testing.assert_close(power, total)  # not divided by H
+
+
+def test_per_neuron_results_convert_exactly_to_totals():
+    runs = [
+        {"seed": 0, "power_mean": 0.5, "power_std": 0.25, "curve_power": [0.75, None], "extra": {}},
+        {"seed": 1, "error": "ValueError: x"},
+    ]
+    old = {"variants": [{"models": [{"spec": {"hidden_size": 4}, "runs": runs}]}]}
+    assert report.power_as_totals(old) is True
+    run = old["variants"][0]["models"][0]["runs"][0]
+    assert (run["power_mean"], run["power_std"], run["curve_power"]) == (2.0, 1.0, [3.0, None])
+    assert run["extra"]["power_times_hidden_size"] == 4 and old["power"] == report.POWER_TOTAL
+    assert report.power_as_totals(old) is False and run["power_mean"] == 2.0  # once only
+    assert "multiplied by the model's H" in report._converted_note(old)
+
+
 def _check_outputs(out: Path, task, seeds: int) -> dict:
     data = json.loads((out / "results" / f"{task.NAME}.json").read_text())
     assert data["quick"] is True and data["seeds"] == list(range(seeds))
+    assert data["power"] == report.POWER_TOTAL
     inv = data["invocations"][-1]
     assert inv["wall_seconds"] > 0 and inv["cpus"] and "--quick" in inv["command"]
     page = (out / "results.md").read_text()

@@ -16,6 +16,7 @@ from rllib_stpn.model_config import (
     validate_model_config,
 )
 from rllib_stpn.nn.cores import CORES, AtariCNNEncoder, FlattenEncoder, MLPEncoder
+from rllib_stpn.nn.functional import NORM_EPS, stpn_sequence_reference
 from rllib_stpn.rl_module import SYNAPTIC_POWER, STPNModel
 from rllib_stpn.state_storage import compact_states
 
@@ -192,9 +193,58 @@ def test_synaptic_power_matches_direct_computation(core):
         else:
             batch = {Columns.OBS: obs, Columns.STATE_IN: batched_state(m, B)}
             got = m.forward_inference(batch)[SYNAPTIC_POWER]
-        expected = _direct_power(m, obs) / H  # reported per postsynaptic neuron
+        expected = _direct_power(m, obs)  # the total over every synapse, not divided by H
     assert (expected > 0).all()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lstm_and_stpn_power_are_sums_over_every_synapse():
+    """The column against a sum written synapse by synapse: LSTM over its 4H gate rows of
+    weight_ih and weight_hh, STPN over |Ĝ| of the reference op (no division by H)."""
+    B, T = 2, 4
+    obs = torch.randn(B, T, 3)
+    m = make("lstm")
+    with torch.no_grad():
+        got = m.forward_inference({Columns.OBS: obs, Columns.STATE_IN: batched_state(m, B)})
+        lstm = m.core.lstm
+        out, _ = lstm(obs)
+        expected = torch.zeros(B, T)
+        for b in range(B):
+            for t in range(T):
+                h_prev = out[b, t - 1] if t > 0 else torch.zeros(H)
+                for i in range(4 * H):  # input, forget, cell and output gate rows
+                    for j in range(3):
+                        expected[b, t] += obs[b, t, j] ** 2 * lstm.weight_ih_l0[i, j].abs()
+                    for j in range(H):
+                        expected[b, t] += h_prev[j] ** 2 * lstm.weight_hh_l0[i, j].abs()
+    torch.testing.assert_close(got[SYNAPTIC_POWER], expected, rtol=1e-5, atol=1e-6)
+
+    m = make("stpn")
+    randomize_plasticity(m)
+    s = m.core.stpn
+    with torch.no_grad():
+        got = m.forward_inference({Columns.OBS: obs, Columns.STATE_IN: batched_state(m, B)})
+        h, F = torch.zeros(B, H), torch.zeros(B, H, s.synapse_size)
+        expected = []
+        for t in range(T):  # one reference step at a time, to rebuild Ĝ_t from W + F_t
+            z = torch.cat([obs[:, t], h], -1)
+            G = s.weight + F
+            G_hat = G / (G.norm(dim=-1, keepdim=True) + NORM_EPS)
+            expected.append((z.unsqueeze(1) ** 2 * G_hat.abs()).sum((1, 2)))
+            _, h, F, power = stpn_sequence_reference(
+                obs[:, t : t + 1],
+                h,
+                F,
+                s.weight,
+                s.bias,
+                s.weight_lambda,
+                s.weight_gamma,
+                recurrent=True,
+                normalize=True,
+                return_power=True,
+            )
+            torch.testing.assert_close(power[:, 0], expected[-1])
+    torch.testing.assert_close(got[SYNAPTIC_POWER], torch.stack(expected, 1))
 
 
 def test_model_config_errors_list_valid_values():

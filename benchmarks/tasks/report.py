@@ -31,20 +31,74 @@ directory (or `--out DIR`), never to this page.
 
 The budgets are CPU-sized (minutes per task on a 2-core machine), orders of magnitude below the
 paper's, so absolute numbers are not comparable with the paper's; the orderings are what we
-compare. Values are mean ± standard deviation over seeds (population std, ddof=0). Power is the
-paper's synaptic power at inference (SPEC section 1, Eq. 9): P_t = Σ_ij z_t[j]² |G_t[i, j]| per
-step, divided by the number of postsynaptic neurons H, averaged over every evaluation step of a
-seed; the ± is over seeds. Our power values come out far below the paper's for every model
-(see the tables); the paper does not describe its measurement in enough detail to tell why, so
-compare the orderings and the ratios between models, not the values. The paper's numbers are
-quoted from its Tables 1-4 as printed. A model whose core is not registered in this checkout is
-listed as "not available". "Against the paper" lists every pair of models that we rank
-differently from the paper, and says when the two are within one standard deviation.
+compare. Values are mean ± standard deviation over seeds (population std, ddof=0).
+
+Power is the paper's synaptic power at inference (SPEC section 1, Eq. 9), a total over the
+layer: P_t = Σ_i Σ_j z_t[j]² |G_t[i, j]|, summed over every synapse of the memory core (the
+STPN's W + F after normalisation; all 4H gate rows of the LSTM, input and recurrent; the RNN's
+input and recurrent weights; the MLP's weight matrix; the plastic cores' applied efficacies;
+biases excluded), per step, averaged over every evaluation step of a seed; the ± is over seeds.
+The total, not a mean per neuron, is what the paper's Table 4 reports: the authors' code sums
+each layer's per-neuron power over the postsynaptic neurons (`torch.sum(..., dim=-1)` in
+Scripts/Nets.py; `model._energy.sum(-1)` in AtariMujoco/eval-pong.py and
+AtariMujoco/rllib_utils.py, github.com/NeuromorphicComputing/stpn). A per-neuron mean is the
+total divided by H.
+
+The paper's numbers are quoted from its Tables 1-4 as printed. A model whose core is not
+registered in this checkout is listed as "not available". "Against the paper" lists every pair
+of models that we rank differently from the paper, and says when the two are within one
+standard deviation.
 """
 
 # ---------------------------------------------------------------------------------------------
 # Numbers
 # ---------------------------------------------------------------------------------------------
+
+POWER_LABEL = "power / step (sum over synapses)"
+# The result JSON's "power" key: what its power numbers are. Results written before power became
+# a total lack the key and hold per-neuron means P_t / H (see `power_as_totals`).
+POWER_TOTAL = "total over the core's synapses"
+
+
+def power_as_totals(result: dict[str, Any]) -> bool:
+    """Turn a result stored with per-neuron power (P_t / H, no "power" key) into totals, in place.
+
+    Every power of a run (mean, std, curve) is multiplied by its model's H: exact, since the
+    total is the sum of the H per-neuron terms and the mean and std over steps are linear in it.
+    Each converted run records the factor in `extra["power_times_hidden_size"]`. Returns
+    whether anything was converted.
+    """
+    if result.get("power") == POWER_TOTAL:
+        return False
+    for variant in result["variants"]:
+        for model in variant["models"]:
+            H = model["spec"].get("hidden_size")
+            for run in model.get("runs", []):
+                if H is None or "error" in run:
+                    continue
+                for key in ("power_mean", "power_std"):
+                    if run.get(key) is not None:
+                        run[key] *= H
+                run["curve_power"] = [None if v is None else v * H for v in run["curve_power"]]
+                run.setdefault("extra", {})["power_times_hidden_size"] = H
+    result["power"] = POWER_TOTAL
+    return True
+
+
+def _converted_note(result: dict[str, Any]) -> str | None:
+    converted = any(
+        "power_times_hidden_size" in run.get("extra", {})
+        for variant in result["variants"]
+        for model in variant["models"]
+        for run in model.get("runs", [])
+    )
+    if not converted:
+        return None
+    return (
+        "Power: these runs stored the mean per neuron, P_t / H (this package's measure before "
+        "it became the total); the table and plots show it multiplied by the model's H, which "
+        "is exactly the total (the per-step sum over the H neurons' rows is linear)."
+    )
 
 
 def summarize_model(model: dict[str, Any], scale: float) -> dict[str, Any]:
@@ -169,7 +223,7 @@ def plot_task(result: dict[str, Any], task: Any, out_dir: Path) -> list[Path]:
                 ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2)
         top.set_title(variant["settings"]["variant"], fontsize=9)
         top.set_ylabel(task.CURVE_METRIC, fontsize=8)
-        bottom.set_ylabel("power / step / neuron", fontsize=8)
+        bottom.set_ylabel(POWER_LABEL, fontsize=8)
         _log_axis(bottom, "y")  # baselines' power is often 10x the STPN's
         bottom.set_xlabel(task.CURVE_X, fontsize=8)
         bottom.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k rather than 200000
@@ -198,7 +252,7 @@ def plot_task(result: dict[str, Any], task: Any, out_dir: Path) -> list[Path]:
                 label=model["spec"]["name"],
             )
         ax.set_title(variant["settings"]["variant"], fontsize=9)
-        ax.set_xlabel("inference power / step / neuron", fontsize=8)
+        ax.set_xlabel(f"inference {POWER_LABEL}", fontsize=8)
         _log_axis(ax, "x")
         ax.set_ylabel(task.METRIC, fontsize=8)
         ax.grid(alpha=0.3)
@@ -267,6 +321,9 @@ def markdown_section(result: dict[str, Any], task: Any, images: list[str]) -> st
         task.notes(result["variants"][0]["settings"]),
         "",
     ]
+    note = _converted_note(result)
+    if note:
+        lines += [note, ""]
     comparisons = []
     for variant in result["variants"]:
         settings = variant["settings"]
@@ -274,7 +331,7 @@ def markdown_section(result: dict[str, Any], task: Any, images: list[str]) -> st
             lines += [f"### {settings['variant']}", ""]
         lines += [f"Budget: {_settings_line(settings)}.", ""]
         lines += [
-            f"| model | core | H | params | {task.METRIC} | power / step / neuron "
+            f"| model | core | H | params | {task.METRIC} | {POWER_LABEL} "
             "| s / seed | paper: metric | paper: power |",
             "|---|---|---|---|---|---|---|---|---|",
         ]

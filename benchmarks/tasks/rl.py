@@ -61,10 +61,10 @@ def train_and_evaluate(
     episodes without training.
 
     The curve holds, per iteration, the env steps sampled so far, the mean return of the
-    episodes finished in it (None when none finished) and the mean synaptic power per step and
-    neuron while sampling. The final metric is the mean return of the evaluation episodes,
-    sampled from the policy (`explore=True`, the stochastic agent) by the local env runner
-    that trained; its power is the mean and std over every evaluation step.
+    episodes finished in it (None when none finished) and the mean synaptic power per step
+    (summed over the core's synapses) while sampling. The final metric is the mean return of
+    the evaluation episodes, sampled from the policy (`explore=True`, the stochastic agent) by
+    the local env runner that trained; its power is the mean and std over every evaluation step.
     """
     init_ray()
     start = time.perf_counter()
