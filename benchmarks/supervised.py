@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rllib_stpn.model_config import count_parameters
+from rllib_stpn.model_config import count_core_parameters
 from rllib_stpn.nn.cores import build_core
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -77,9 +77,9 @@ def trainable_parameters(model: nn.Module) -> int:
 def num_params(
     core: str, input_size: int, hidden_size: int, num_outputs: int, *, plasticity: str
 ) -> int:
-    """Trainable parameters of `SequenceModel`: the core's (`count_parameters`) + readout."""
+    """Trainable parameters of `SequenceModel`: the core's (`count_core_parameters`) + readout."""
     readout = (hidden_size + 1) * num_outputs
-    return count_parameters(core, input_size, hidden_size, plasticity=plasticity) + readout
+    return count_core_parameters(core, input_size, hidden_size, plasticity=plasticity) + readout
 
 
 def matched_hidden_size(
@@ -87,7 +87,7 @@ def matched_hidden_size(
 ) -> int:
     """The hidden size whose `num_params` is closest to `target` (ties: the smaller one).
 
-    `rllib_stpn.hidden_size_for_params` counts an RL module's policy *and* value heads; a
+    `rllib_stpn.core_hidden_size_for_params` counts an RL module's policy *and* value heads; a
     supervised model has one readout, so the search is done here on `num_params`.
     """
     best, best_err = 1, None

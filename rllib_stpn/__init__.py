@@ -20,7 +20,12 @@ register_envs()
 
 # STPNModel (new stack), STPNModelV2 (old stack, custom model "stpn"), power metric, sizing helper.
 from rllib_stpn.callbacks import SynapticPowerCallback  # noqa: E402
-from rllib_stpn.model_config import count_parameters, hidden_size_for_params  # noqa: E402
+from rllib_stpn.model_config import (  # noqa: E402
+    core_hidden_size_for_params,
+    count_core_parameters,
+    count_parameters,
+    hidden_size_for_params,
+)
 from rllib_stpn.model_v2 import STPNModelV2  # noqa: E402
 from rllib_stpn.model_v2 import register as _register_model_v2  # noqa: E402
 from rllib_stpn.rl_module import STPNModel  # noqa: E402
@@ -35,6 +40,8 @@ __all__ += [
     "STPNModelV2",
     "SynapticPowerCallback",
     "compact_states",
+    "core_hidden_size_for_params",
+    "count_core_parameters",
     "count_parameters",
     "hidden_size_for_params",
 ]

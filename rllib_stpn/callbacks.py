@@ -7,9 +7,7 @@ from typing import Any
 import numpy as np
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
-from rllib_stpn.rl_module import SYNAPTIC_POWER
-
-SYNAPTIC_POWER_MEAN = "synaptic_power_mean"
+from rllib_stpn.metrics import SYNAPTIC_POWER, SYNAPTIC_POWER_MEAN
 
 
 class SynapticPowerCallback(RLlibCallback):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rllib_stpn.experiments import ExperimentError, _one_line, check_writable_dir
+from rllib_stpn.metrics import SYNAPTIC_POWER, SYNAPTIC_POWER_MEAN, SYNAPTIC_POWER_STD
 
 __all__ = [
     "check_output_file",
@@ -26,7 +27,6 @@ __all__ = [
     "summarize",
 ]
 
-POWER_COLUMN = "synaptic_power"
 CHECKPOINT_MARKER = "rllib_checkpoint.json"
 # Files (alternatives separated by "|") an Algorithm checkpoint needs for its weights.
 _REQUIRED_NEW_STACK = (
@@ -120,8 +120,8 @@ def summarize(returns: Sequence[float], lengths: Sequence[int], powers: Sequence
         "return_std": ret_std,
         "episode_len_mean": len_mean,
         "episode_len_std": len_std,
-        "synaptic_power_mean": None if not powers else pow_mean,
-        "synaptic_power_std": None if not powers else pow_std,
+        SYNAPTIC_POWER_MEAN: None if not powers else pow_mean,
+        SYNAPTIC_POWER_STD: None if not powers else pow_std,
         "returns": [float(r) for r in returns],
         "episode_lengths": [int(x) for x in lengths],
     }
@@ -197,7 +197,7 @@ def _episodes_new_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
         returns.append(float(ep.get_return()))
         lengths.append(len(ep))
         try:
-            power = ep.get_extra_model_outputs(POWER_COLUMN)
+            power = ep.get_extra_model_outputs(SYNAPTIC_POWER)
         except (KeyError, IndexError):
             continue
         powers.extend(float(p) for p in list(power))
@@ -218,8 +218,8 @@ def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
             action, state, info = algo.compute_single_action(
                 obs, state=state, explore=explore, full_fetch=True
             )
-            if POWER_COLUMN in info:
-                powers.append(float(info[POWER_COLUMN]))
+            if SYNAPTIC_POWER in info:
+                powers.append(float(info[SYNAPTIC_POWER]))
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             steps += 1
@@ -290,7 +290,7 @@ def format_table(result: dict[str, Any]) -> str:
         ("episode length", _fmt(result["episode_len_mean"], result["episode_len_std"])),
         (
             "synaptic power / step (sum over synapses)",
-            _fmt(result["synaptic_power_mean"], result["synaptic_power_std"]),
+            _fmt(result[SYNAPTIC_POWER_MEAN], result[SYNAPTIC_POWER_STD]),
         ),
     ]
     width = max(len(k) for k, _ in rows)

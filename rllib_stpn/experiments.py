@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from rllib_stpn.metrics import ENV_RUNNERS, POWER_KEY, RETURN_KEY, STEPS_KEY
+
 __all__ = [
     "Experiment",
     "ExperimentError",
@@ -44,10 +46,7 @@ __all__ = [
     "validate_experiment",
 ]
 
-# Result keys shown by the progress display and used by `rllib plot` (new API stack names).
-RETURN_KEY = "env_runners/episode_return_mean"
-POWER_KEY = "env_runners/synaptic_power_mean"
-STEPS_KEY = "num_env_steps_sampled_lifetime"
+# Result keys shown by the progress display (rllib_stpn.metrics; `rllib plot` reads them too).
 METRIC_COLUMNS = {
     "training_iteration": "iter",
     STEPS_KEY: "env steps",
@@ -75,7 +74,7 @@ _LEGACY_STOP_KEYS = {
     "episode_reward_mean": RETURN_KEY,
     "episode_return_mean": RETURN_KEY,
     "timesteps_total": STEPS_KEY,
-    "env_runners/num_env_steps_sampled_lifetime": STEPS_KEY,
+    f"{ENV_RUNNERS}/{STEPS_KEY}": STEPS_KEY,
 }
 # Keys `AlgorithmConfig.update_from_dict` understands that are not plain attributes.
 _SPECIAL_CONFIG_KEYS = {"multiagent", "_enable_new_api_stack", "env", "lr_schedule"}

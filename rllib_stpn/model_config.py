@@ -1,11 +1,14 @@
-"""The `model_config` of STPNModel / STPNModelV2: keys, defaults, validation, parameter counts."""
+"""The `model_config` of STPNModel / STPNModelV2: keys, defaults, validation, core sizes."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from rllib_stpn.nn.cores import CORES, ENCODERS
+import torch
+from torch import nn
+
+from rllib_stpn.nn.cores import CORES, ENCODERS, build_core
 from rllib_stpn.nn.stpn import PLASTICITY_MODES
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -85,7 +88,7 @@ def validate_model_config(model_config: Mapping[str, Any] | None) -> dict[str, A
     return cfg
 
 
-def count_parameters(
+def count_core_parameters(
     core: str,
     input_size: int,
     hidden_size: int,
@@ -93,41 +96,26 @@ def count_parameters(
     num_outputs: int | None = None,
     plasticity: str = "per_synapse",
 ) -> int:
-    """Trainable parameters of a core with `input_size` inputs (the encoder's output size).
+    """Trainable parameters of the memory core alone, fed `input_size` features (the encoder's
+    output size); the encoder is not counted (`rllib_stpn.network.count_model_parameters`
+    counts the whole model).
 
     With `num_outputs` (policy logits, e.g. the number of discrete actions), the linear policy
-    head and the value head are counted too.
+    head and the value head are counted too. Counted on modules built on the meta device, so
+    the count follows the modules themselves.
     """
     _choice("core", core, CORES)
     _choice("plasticity", plasticity, PLASTICITY_MODES)
     I = _positive_int("input_size", input_size)
     H = _positive_int("hidden_size", hidden_size)
-    if core in ("stpn", "stpnf"):
-        D = I + H if core == "stpn" else I
-        # W and bias, plus Λ and Γ per synapse or as two scalars.
-        n = H * D + H + (2 * H * D if plasticity == "per_synapse" else 2)
-    elif core == "lstm":
-        n = 4 * H * (I + H) + 8 * H  # torch.nn.LSTM keeps two bias vectors
-    elif core == "rnn":
-        n = H * (I + H) + 2 * H
-    elif core == "mlp":
-        n = H * I + H
-    elif core == "fastweights":
-        n = H * (I + H) + 3 * H  # W_x, W_h, bias, layer-norm gain and bias
-    elif core == "modplast":
-        n = H * I + 2 * H * H + 2 * H + 1  # W_in, bias, W, α, neuromodulator w_m and b_m
-    elif core == "hebbff":
-        n = H * I + H + 2  # W, bias, scalar λ (as its logit) and η
-    else:  # plastic_hebbian, plastic_gradient: W, bias, η unit (w_η, b_η), retention logit
-        n = H * (I + H) + 2 * H + 2
-        if core == "plastic_gradient":
-            n += I * H + I  # the inner loss's decoder R, r
-    if num_outputs is not None:
-        n += (H + 1) * (_positive_int("num_outputs", num_outputs) + 1)
-    return n
+    with torch.device("meta"):
+        modules = [build_core(core, I, H, plasticity=plasticity)]
+        if num_outputs is not None:
+            modules += [nn.Linear(H, _positive_int("num_outputs", num_outputs)), nn.Linear(H, 1)]
+    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
 
 
-def hidden_size_for_params(
+def core_hidden_size_for_params(
     target: int,
     *,
     core: str,
@@ -136,19 +124,34 @@ def hidden_size_for_params(
     plasticity: str = "per_synapse",
     max_hidden_size: int = 4096,
 ) -> int:
-    """The hidden size whose `count_parameters` is closest to `target` (ties: the smaller size).
+    """The hidden size whose `count_core_parameters` is closest to `target` (ties: the smaller
+    size): the core (and heads) at `input_size` features, the encoder not counted.
 
     The paper compares models at about equal parameter counts, e.g. for Pong (2592 CNN
-    features) `hidden_size_for_params(count_parameters("stpn", 2592, 64), core="lstm",
+    features) `core_hidden_size_for_params(count_core_parameters("stpn", 2592, 64), core="lstm",
     input_size=2592)` gives 48, the paper's LSTM size.
     """
     _positive_int("target", target)
-    best, best_err = 1, None
-    for h in range(1, max_hidden_size + 1):
-        n = count_parameters(core, input_size, h, num_outputs=num_outputs, plasticity=plasticity)
-        err = abs(n - target)
-        if best_err is None or err < best_err:
-            best, best_err = h, err
-        if n > target:  # counts grow with h: nothing further can be closer
-            break
-    return best
+
+    def count(h: int) -> int:
+        return count_core_parameters(
+            core, input_size, h, num_outputs=num_outputs, plasticity=plasticity
+        )
+
+    # Counts grow strictly with h: bisect for the first size reaching the target, then take
+    # the closer of it and the size below.
+    low, high = 1, max_hidden_size
+    while low < high:
+        mid = (low + high) // 2
+        if count(mid) >= target:
+            high = mid
+        else:
+            low = mid + 1
+    if low > 1 and abs(count(low - 1) - target) <= abs(count(low) - target):
+        return low - 1
+    return low
+
+
+# The names before the encoder was said to be left out; the same functions.
+count_parameters = count_core_parameters
+hidden_size_for_params = core_hidden_size_for_params

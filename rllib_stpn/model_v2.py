@@ -1,4 +1,5 @@
-"""STPNModelV2: the same encoder, core and heads as STPNModel, as an old-API-stack ModelV2.
+"""STPNModelV2: the network of `rllib_stpn.network` (the same as STPNModel's), as an
+old-API-stack ModelV2.
 
 Registered as the custom model "stpn" when `rllib_stpn` is imported:
 
@@ -19,13 +20,12 @@ from ray.rllib.models.torch.recurrent_net import RecurrentNetwork
 from ray.rllib.utils.annotations import override
 from torch import nn
 
-from rllib_stpn.model_config import validate_model_config
-from rllib_stpn.nn.cores import build_core, build_encoder
+from rllib_stpn.network import STPNNetwork
 
 CUSTOM_MODEL_NAME = "stpn"
 
 
-class STPNModelV2(RecurrentNetwork, nn.Module):
+class STPNModelV2(RecurrentNetwork, STPNNetwork):
     """Old-stack recurrent model; `custom_model_config` takes the keys of STPNModel's
     model_config. The state is the list of the core's state tensors in the order of
     `get_initial_state()`: [h, F flattened] for the STPN cores, [h, c] for "lstm", [h] for
@@ -52,22 +52,10 @@ class STPNModelV2(RecurrentNetwork, nn.Module):
                 f"custom_model_config['max_seq_len']={custom['max_seq_len']} differs from "
                 f"model['max_seq_len']={outer_len}; the old stack uses model['max_seq_len']"
             )
-        self.cfg = validate_model_config(custom)
         # The old stack hands over flattened, preprocessed observations; the encoder sees them
         # in the env's original shape (e.g. (84, 84, 1) frames for the CNN).
         self._obs_space = getattr(obs_space, "original_space", obs_space)
-        self.encoder = build_encoder(
-            self.cfg["encoder"], self._obs_space, self.cfg["encoder_hiddens"]
-        )
-        self.core = build_core(
-            self.cfg["core"],
-            self.encoder.output_size,
-            self.cfg["hidden_size"],
-            plasticity=self.cfg["plasticity"],
-            normalize=self.cfg["normalize"],
-        )
-        self.pi = nn.Linear(self.cfg["hidden_size"], num_outputs)
-        self.vf = nn.Linear(self.cfg["hidden_size"], 1)
+        self.cfg = self.build_network(self._obs_space, num_outputs, custom)
         self._state_keys = list(self.core.state_shapes())
         self._value: torch.Tensor | None = None
 
@@ -94,9 +82,7 @@ class STPNModelV2(RecurrentNetwork, nn.Module):
         obs = inputs.reshape(B, T, *self._obs_space.shape)
         if self._obs_space.dtype == np.uint8:
             obs = obs.to(torch.uint8)  # preprocessors give float frames; the encoder scales uint8
-        out, new_state, _ = self.core(
-            self.encoder(obs), dict(zip(self._state_keys, state)), seq_lens=seq_lens
-        )
+        out, new_state, _ = self.embed(obs, dict(zip(self._state_keys, state)), seq_lens=seq_lens)
         self._value = self.vf(out).reshape(-1)
         return self.pi(out), [new_state[k] for k in self._state_keys]
 

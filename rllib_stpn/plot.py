@@ -15,20 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rllib_stpn.experiments import (
-    POWER_KEY,
-    RETURN_KEY,
-    STEPS_KEY,
-    ExperimentError,
-    flatten_result,
-)
+from rllib_stpn.experiments import ExperimentError, flatten_result
+from rllib_stpn.metrics import ENV_RUNNERS, POWER_KEY, RETURN_KEY, STEPS_KEY, SYNAPTIC_POWER_MEAN
 
 __all__ = ["find_trials", "plot_runs", "read_progress", "read_results"]
 
 # New-stack names first, then the old stack's.
-_STEPS = (STEPS_KEY, "env_runners/num_env_steps_sampled_lifetime", "timesteps_total")
-_RETURN = (RETURN_KEY, "episode_reward_mean", "env_runners/episode_reward_mean")
-_POWER = (POWER_KEY, "synaptic_power_mean", "custom_metrics/synaptic_power_mean_mean")
+_STEPS = (STEPS_KEY, f"{ENV_RUNNERS}/{STEPS_KEY}", "timesteps_total")
+_RETURN = (RETURN_KEY, "episode_reward_mean", f"{ENV_RUNNERS}/episode_reward_mean")
+_POWER = (POWER_KEY, SYNAPTIC_POWER_MEAN, f"custom_metrics/{SYNAPTIC_POWER_MEAN}_mean")
 # P_t summed over all of the core's synapses (SPEC section 1), not a per-neuron mean.
 POWER_LABEL = "synaptic power per step (sum over synapses)"
 FIGURES = ("return_vs_steps.png", "power_vs_steps.png", "power_vs_return.png")

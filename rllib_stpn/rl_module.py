@@ -1,4 +1,5 @@
-"""STPNModel: encoder -> memory core -> linear policy and value heads, as an RLlib RLModule."""
+"""STPNModel: the network of `rllib_stpn.network` (encoder -> memory core -> linear policy and
+value heads) as an RLlib RLModule."""
 
 from __future__ import annotations
 
@@ -18,14 +19,12 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
-from rllib_stpn.model_config import validate_model_config
-from rllib_stpn.nn.cores import action_dist_input_size, build_core, build_encoder
-
-# Column with the per-step synaptic power each module emits while sampling.
-SYNAPTIC_POWER = "synaptic_power"
+from rllib_stpn.metrics import SYNAPTIC_POWER
+from rllib_stpn.network import STPNNetwork
+from rllib_stpn.nn.cores import action_dist_input_size
 
 
-class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
+class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Recurrent RLModule with an STPN (or baseline) memory core, for PPO, APPO, A2C, ...
 
     Use it through `RLModuleSpec(module_class=STPNModel, model_config={...})`; the keys are
@@ -49,19 +48,11 @@ class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnly
 
     @override(TorchRLModule)
     def setup(self) -> None:
-        cfg = validate_model_config(self.model_config)
-        self.model_config = cfg  # completed with defaults: RLlib reads "max_seq_len" from it
-        self.encoder = build_encoder(cfg["encoder"], self.observation_space, cfg["encoder_hiddens"])
-        self.core = build_core(
-            cfg["core"],
-            self.encoder.output_size,
-            cfg["hidden_size"],
-            plasticity=cfg["plasticity"],
-            normalize=cfg["normalize"],
+        # Completed with the defaults: RLlib reads "max_seq_len" from it.
+        self.model_config = self.build_network(
+            self.observation_space, action_dist_input_size(self.action_space), self.model_config
         )
-        self.pi = nn.Linear(cfg["hidden_size"], action_dist_input_size(self.action_space))
-        self.vf = nn.Linear(cfg["hidden_size"], 1)
-        self._recurrent = bool(self.core.state_shapes())
+        self._recurrent = self.is_recurrent
 
     @property
     def compact_state_keys(self) -> tuple[str, ...]:
@@ -82,10 +73,6 @@ class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnly
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         # Recurrent modules get (B, T, ...) observations from RLlib's connectors; stateless
         # ones get (B, ...), run here as T=1.
-        if target:
-            encoder, core = self._target_encoder, self._target_core
-        else:
-            encoder, core = self.encoder, self.core
         obs = batch[Columns.OBS]
         if not self._recurrent:
             obs = obs.unsqueeze(1)
@@ -93,9 +80,13 @@ class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnly
         seq_lens = batch.get(Columns.SEQ_LENS) if self._recurrent else None
         if seq_lens is not None and tuple(seq_lens.shape) != (obs.shape[0],):
             seq_lens = None
-        x = encoder(obs, seq_lens)
-        out, state, power = core(
-            x, batch.get(Columns.STATE_IN), return_power=return_power, seq_lens=seq_lens
+        out, state, power = self.embed(
+            obs,
+            batch.get(Columns.STATE_IN),
+            seq_lens=seq_lens,
+            return_power=return_power,
+            encoder=self._target_encoder if target else None,
+            core=self._target_core if target else None,
         )
         if not self._recurrent:
             out = out.squeeze(1)

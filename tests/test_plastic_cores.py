@@ -13,7 +13,7 @@ from plastic_reference import reference
 from ray.rllib.core.columns import Columns
 from torch.func import functional_call
 
-from rllib_stpn.model_config import count_parameters, hidden_size_for_params
+from rllib_stpn.model_config import core_hidden_size_for_params, count_core_parameters
 from rllib_stpn.nn.cores import CORES, build_core
 from rllib_stpn.nn.plastic import (
     FastWeightsRNN,
@@ -216,16 +216,16 @@ def test_long_large_input_stays_finite(core):
 def test_count_parameters_and_hidden_size_round_trip(core):
     for I, H in [(3, 4), (17, 9), (1, 1)]:
         c = build_core(core, I, H)
-        assert sum(p.numel() for p in c.parameters()) == count_parameters(core, I, H), (I, H)
+        assert sum(p.numel() for p in c.parameters()) == count_core_parameters(core, I, H), (I, H)
     module = STPNModel(
         observation_space=gym.spaces.Box(-1, 1, (5,), np.float32),
         action_space=gym.spaces.Discrete(3),
         model_config={"core": core, "hidden_size": 7},
     )
-    assert module.num_parameters == count_parameters(core, 5, 7, num_outputs=3)
+    assert module.num_parameters == count_core_parameters(core, 5, 7, num_outputs=3)
     for H in (1, 12, 55):
-        n = count_parameters(core, 17, H, num_outputs=4)
-        assert hidden_size_for_params(n, core=core, input_size=17, num_outputs=4) == H
+        n = count_core_parameters(core, 17, H, num_outputs=4)
+        assert core_hidden_size_for_params(n, core=core, input_size=17, num_outputs=4) == H
 
 
 @pytest.mark.parametrize("core", PLASTIC)

@@ -11,10 +11,11 @@ from ray.rllib.core.columns import Columns
 
 from rllib_stpn.model_config import (
     DEFAULT_MODEL_CONFIG,
-    count_parameters,
-    hidden_size_for_params,
+    core_hidden_size_for_params,
+    count_core_parameters,
     validate_model_config,
 )
+from rllib_stpn.network import count_model_parameters
 from rllib_stpn.nn.cores import CORES, AtariCNNEncoder, FlattenEncoder, MLPEncoder
 from rllib_stpn.nn.functional import NORM_EPS, stpn_sequence_reference
 from rllib_stpn.rl_module import SYNAPTIC_POWER, STPNModel
@@ -265,19 +266,38 @@ def test_model_config_errors_list_valid_values():
 def test_count_parameters_matches_module(core):
     for plasticity in ("per_synapse", "uniform"):
         m = make(core, plasticity=plasticity)
-        assert m.num_parameters == count_parameters(
+        assert m.num_parameters == count_core_parameters(
             core, 3, H, num_outputs=4, plasticity=plasticity
         )
 
 
+def test_core_counts_follow_the_formulas_and_the_model_count_adds_the_encoder():
+    # Written out by hand, independently of the modules the counts are taken from.
+    I, n_out = 5, 3
+    heads = (H + 1) * (n_out + 1)
+    assert count_core_parameters("stpn", I, H) == H * (I + H) * 3 + H
+    assert count_core_parameters("stpnf", I, H, plasticity="uniform") == H * I + H + 2
+    assert count_core_parameters("lstm", I, H, num_outputs=n_out) == 4 * H * (I + H) + 8 * H + heads
+    assert count_core_parameters("rnn", I, H) == H * (I + H) + 2 * H
+    assert count_core_parameters("mlp", I, H) == H * I + H
+    # The whole model: the CNN encoder's 2 conv layers on top of the core and heads.
+    cfg = {"core": "lstm", "hidden_size": H}
+    m = make("lstm", IMG_OBS)
+    conv = (2 * 8 * 8 * 16 + 16) + (16 * 4 * 4 * 32 + 32)
+    core_and_heads = count_core_parameters("lstm", 2592, H, num_outputs=int(ACT.n))
+    assert count_model_parameters(IMG_OBS, ACT, cfg) == m.num_parameters == conv + core_and_heads
+
+
 def test_hidden_size_for_params_reproduces_paper_sizes():
     # Pong (2592 CNN features): STPN H=64 ~ LSTM H=48 (paper section 3).
-    stpn = count_parameters("stpn", 2592, 64)
-    assert hidden_size_for_params(stpn, core="lstm", input_size=2592) == 48
-    assert hidden_size_for_params(stpn, core="stpn", input_size=2592) == 64
+    stpn = count_core_parameters("stpn", 2592, 64)
+    assert core_hidden_size_for_params(stpn, core="lstm", input_size=2592) == 48
+    assert core_hidden_size_for_params(stpn, core="stpn", input_size=2592) == 64
     # The closest count: neighbours are no closer.
-    h = hidden_size_for_params(12_000, core="rnn", input_size=17, num_outputs=4)
-    err = [abs(count_parameters("rnn", 17, k, num_outputs=4) - 12_000) for k in (h - 1, h, h + 1)]
+    h = core_hidden_size_for_params(12_000, core="rnn", input_size=17, num_outputs=4)
+    err = [
+        abs(count_core_parameters("rnn", 17, k, num_outputs=4) - 12_000) for k in (h - 1, h, h + 1)
+    ]
     assert err[1] == min(err)
 
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from rllib_stpn import STPNModel, SynapticPowerCallback
+from rllib_stpn import STPNModel, SynapticPowerCallback, metrics
 from rllib_stpn.evaluate import evaluate_algorithm
 from tasks.common import ModelSpec, RunResult
 
-RETURN = ("env_runners", "episode_return_mean")
-POWER = ("env_runners", "synaptic_power_mean")
-STEPS = ("env_runners", "num_env_steps_sampled_lifetime")
+RETURN = (metrics.ENV_RUNNERS, metrics.EPISODE_RETURN_MEAN)
+POWER = (metrics.ENV_RUNNERS, metrics.SYNAPTIC_POWER_MEAN)
+STEPS = (metrics.ENV_RUNNERS, metrics.NUM_ENV_STEPS_SAMPLED_LIFETIME)
 
 
 def init_ray() -> None:
@@ -82,8 +82,8 @@ def train_and_evaluate(
     return RunResult(
         seed,
         ev["return_mean"],
-        ev["synaptic_power_mean"],
-        ev["synaptic_power_std"],
+        ev[metrics.SYNAPTIC_POWER_MEAN],
+        ev[metrics.SYNAPTIC_POWER_STD],
         time.perf_counter() - start,
         xs,
         returns,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rllib_stpn.nn.functional import synaptic_power
 from rllib_stpn.nn.plastic import FastWeightsRNN, HebbFF, ModPlastRNN, PlasticLayer, PlasticRNN
 from rllib_stpn.nn.stpn import STPN, STPNState
 
@@ -39,13 +40,13 @@ State = dict[str, torch.Tensor]
 def _gate_power(
     x: torch.Tensor, h_prev: torch.Tensor | None, w_in: torch.Tensor, w_rec: torch.Tensor | None
 ) -> torch.Tensor:
-    """P_t = sum_ij z_t[j]^2 |W[i, j]| for z_t = [x_t; h_{t-1}] and W = [W_in, W_rec] (no bias).
+    """P_t for z_t = [x_t; h_{t-1}] and W = [W_in, W_rec] (every gate row; no bias), (B, T).
 
-    x (B, T, I), h_prev (B, T, H): the summation over the rows i is done once on |W|.
+    x (B, T, I), h_prev (B, T, H) or None for a feed-forward layer.
     """
-    power = (x * x) @ w_in.abs().sum(0)
+    power = synaptic_power(x, w_in)
     if h_prev is not None:
-        power = power + (h_prev * h_prev) @ w_rec.abs().sum(0)
+        power = power + synaptic_power(h_prev, w_rec)
     return power
 
 

@@ -12,6 +12,19 @@ import torch
 NORM_EPS = 1e-12
 
 
+def synaptic_power(z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """P = sum_ij z[..., j]^2 |G[i, j]| (SPEC section 1): the power of efficacies G (H, D),
+    shared by the batch, or (B, H, D), one per sample, applied to presynaptic vectors z (..., D).
+
+    The one definition every core's power uses; with a shared G the sum over the rows i is
+    taken once, on |G|. Returns z's shape without its last dimension.
+    """
+    zz = z * z
+    if G.dim() == 2:
+        return zz @ G.abs().sum(0)
+    return torch.einsum("bhd,bd->b", G.abs(), zz)
+
+
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:
     """Whether a backward may follow (the fused ops take a lighter path when not)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -87,7 +100,7 @@ def stpn_sequence_reference(
             pre = pre + bias
         h = torch.tanh(pre)
         if return_power:
-            powers.append(torch.einsum("bhd,bd->b", G_hat.abs(), z * z))
+            powers.append(synaptic_power(z, G_hat))
         F = weight_lambda * F_hat + weight_gamma * (h.unsqueeze(-1) * z.unsqueeze(-2))
         if lens is not None:
             active = (lens > t).to(x.device).unsqueeze(-1)  # (B, 1)

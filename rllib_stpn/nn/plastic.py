@@ -26,17 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rllib_stpn.nn.functional import synaptic_power
 from rllib_stpn.nn.stpn import _check_size
 
 PLASTIC_RULES = ("hebbian", "gradient")
-
-
-def synaptic_power(z: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """sum_ij z[b, j]^2 |G[i, j]| per sample b; G is (H, D) shared or (B, H, D) per sample."""
-    zz = z * z
-    if G.dim() == 2:
-        return zz @ G.abs().sum(0)
-    return torch.einsum("bhd,bd->b", G.abs(), zz)
 
 
 def _bmv(G: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
