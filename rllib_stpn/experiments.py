@@ -296,9 +296,9 @@ def check_env(env: Any) -> None:
     import gymnasium as gym
 
     if env.startswith("ALE/"):
-        import ale_py
+        from rllib_stpn._extras import require
 
-        gym.register_envs(ale_py)
+        gym.register_envs(require("ale_py", "atari", env))
     try:
         gym.spec(env)  # also imports "module:EnvId" and handles namespaces
         return

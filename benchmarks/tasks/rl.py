@@ -12,9 +12,9 @@ from typing import Any
 
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from benchmarks.tasks.common import ModelSpec, RunResult
 from rllib_stpn import STPNModel, SynapticPowerCallback
 from rllib_stpn.evaluate import evaluate_algorithm
-from tasks.common import ModelSpec, RunResult
 
 RETURN = ("env_runners", "episode_return_mean")
 POWER = ("env_runners", "synaptic_power_mean")
