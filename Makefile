@@ -1,6 +1,8 @@
 # `make demo` and `make test` set everything up on a fresh machine, then run.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two install levels: the base package (what `make demo` needs) and every extra plus the test tools.
+STAMP_BASE := $(VENV)/.rllib-stpn-base
 STAMP := $(VENV)/.rllib-stpn-installed
 # The CPU build of torch unless a GPU is present; a torch already in $(VENV) is kept as it is.
 TORCH_VERSION ?= 2.13.0
@@ -13,24 +15,33 @@ TORCH_ARGS := $(if $(HAS_GPU),torch,torch==$(TORCH_VERSION) $(if $(LOCAL_CPU_WHE
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(VENV)/.torch:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_ARGS)
-	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+# The base install: ray[rllib], torch, gymnasium, numpy, pyyaml, ninja.
+$(STAMP_BASE): setup.cfg pyproject.toml | $(VENV)/.torch
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# Every extra ([all]: Atari, MuJoCo, plots, TensorBoard) and the test tools ([test]).
+$(STAMP): setup.cfg pyproject.toml | $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[all,test]"
+	touch $@ $(STAMP_BASE)
+
 # The main job: STPN + A2C on a small maze through the `rllib` command (results under results/).
-demo: $(STAMP)
+demo: $(STAMP_BASE)
 	$(VENV)/bin/rllib train file tuned_examples/maze-a2c-stpn-quick.yaml --storage-path $(CURDIR)/results
 
 # STPN vs LSTM on associative retrieval (supervised, a few minutes on CPU).
-assoc: $(STAMP)
-	$(PY) benchmarks/associative_retrieval.py
+assoc: $(STAMP_BASE)
+	$(PY) -m benchmarks.associative_retrieval
 
-bench: $(STAMP)
-	$(PY) benchmarks/stpn_cell.py --quick
-	$(PY) benchmarks/maze_env.py
+bench: $(STAMP_BASE)
+	$(PY) -m benchmarks.stpn_cell --quick
+	$(PY) -m benchmarks.maze_env
 
 test: $(STAMP)
 	$(PY) -m pytest -ra --durations=15

@@ -10,8 +10,8 @@ Each symbol is one-hot over 37 classes (26 letters, 10 digits, '?'). As in the S
 the last hidden state: STPNr with H=11 and an LSTM whose hidden size gives about as many trainable
 parameters. Adam, lr 1e-3, cross-entropy.
 
-    python benchmarks/associative_retrieval.py           # CPU-sized demo, a few minutes
-    python benchmarks/associative_retrieval.py --full    # paper setting: 100k/10k/20k, batch 128,
+    python -m benchmarks.associative_retrieval           # CPU-sized demo, a few minutes
+    python -m benchmarks.associative_retrieval --full    # paper setting: 100k/10k/20k, batch 128,
                                                          # 200 epochs (hours on a CPU)
 
 Read top to bottom: arguments, data, models, training, main.
@@ -23,7 +23,9 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from supervised import (
+from torch import nn
+
+from benchmarks.supervised import (
     SequenceModel,
     batched,
     evaluate_in_batches,
@@ -31,8 +33,7 @@ from supervised import (
     num_params,
     trainable_parameters,
 )
-from supervised import train as supervised_train
-from torch import nn
+from benchmarks.supervised import train as supervised_train
 
 # ---------------------------------------------------------------------------------------------
 # Arguments

@@ -3,7 +3,7 @@
 Both step 512 mazes (the paper's batch) with the same random actions, including the autoresets
 every 200 steps; the ratio printed is measured in this one run.
 
-    .venv/bin/python benchmarks/maze_env.py [--num-envs 512] [--seconds 3]
+    python -m benchmarks.maze_env [--num-envs 512] [--seconds 3]
 """
 
 from __future__ import annotations

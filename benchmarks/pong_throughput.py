@@ -14,8 +14,8 @@ Variants:
 - lstm          STPNModel with the LSTM core.
 Each variant runs in a fresh process with its own Ray instance, so the peaks are its own.
 
-    python benchmarks/pong_throughput.py                 # 8 envs x 50 steps, 10 timed iterations
-    python benchmarks/pong_throughput.py --envs 64       # the paper's 64 environments
+    python -m benchmarks.pong_throughput                 # 8 envs x 50 steps, 10 timed iterations
+    python -m benchmarks.pong_throughput --envs 64       # the paper's 64 environments
 """
 
 from __future__ import annotations

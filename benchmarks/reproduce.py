@@ -1,6 +1,6 @@
 """Reproduce the STPN paper's comparisons at CPU-sized budgets and write docs/results.md.
 
-    python benchmarks/reproduce.py --task art|maze|pendulum|cfd|all [--quick] [--seeds N]
+    python -m benchmarks.reproduce --task art|maze|pendulum|cfd|all [--quick] [--seeds N]
                                    [--out DIR] [--models NAME,...] [--jobs N] [--report-only]
 
 For each task, every model is trained for each seed on one torch thread, one run after
@@ -39,8 +39,9 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from tasks import report
-from tasks.common import ModelSpec, RunResult, mean_std
+
+from benchmarks.tasks import report
+from benchmarks.tasks.common import ModelSpec, RunResult, mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -100,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_task(name: str) -> ModuleType:
-    return importlib.import_module(f"tasks.{name}")
+    return importlib.import_module(f"benchmarks.tasks.{name}")
 
 
 def selected(spec: ModelSpec, names: list[str] | None) -> bool:
@@ -211,7 +212,7 @@ def run_task(name: str, args: argparse.Namespace) -> bool:
     """Train, then write JSON, plots and the page section; False if any run failed."""
     task = load_task(name)
     seeds = list(range(args.seeds or DEFAULT_SEEDS.get(name, 3)))
-    command = "python benchmarks/reproduce.py " + " ".join(
+    command = "python -m benchmarks.reproduce " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if args.argv is None else args.argv)
     )
     started = dt.datetime.now().astimezone()

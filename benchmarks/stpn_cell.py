@@ -3,8 +3,8 @@
 The fused op runs on its C++ kernel when it builds (`rllib_stpn.nn.fused_cpp`); the column
 `torch s` times the pure-torch fused op (the fallback, forced with RLLIB_STPN_NO_CPP=1).
 
-    .venv/bin/python benchmarks/stpn_cell.py            # paper sizes (a few minutes on 2 cores)
-    .venv/bin/python benchmarks/stpn_cell.py --quick    # small sizes, seconds
+    python -m benchmarks.stpn_cell            # paper sizes (a few minutes on 2 cores)
+    python -m benchmarks.stpn_cell --quick    # small sizes, seconds
 
 Runs on the CPU with --threads torch threads (default 1). For each size it prints the
 forward+backward time (median of --reps warm runs, loss = out.sum()),

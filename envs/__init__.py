@@ -1,7 +1,8 @@
 """Environments of the STPN paper (maze, Atari, MuJoCo), installed as `rllib_stpn.envs`.
 
-Ids (registered on `import rllib_stpn` for `gymnasium.make` and for Tune/RLlib):
-"stpn/Maze-v0", "stpn/Atari-v0", "stpn/Pong-v0", "stpn/MuJoCo-v0", "stpn/InvertedPendulum-v0".
+Ids: "stpn/Maze-v0", "stpn/Atari-v0", "stpn/Pong-v0", "stpn/MuJoCo-v0",
+"stpn/InvertedPendulum-v0". Importing this package registers them with gymnasium (entry-point
+strings, nothing heavy); `rllib_stpn.register()` also registers them with Tune/RLlib.
 """
 
 from .atari import ATARI_ID, PONG_ID, atari_games, make_atari, make_pong
@@ -13,7 +14,7 @@ from .mujoco import (
     make_mujoco,
     mujoco_tasks,
 )
-from .registration import ENV_IDS, make_rllib_env, register_envs
+from .registration import ENV_IDS, make_rllib_env, register_envs, register_gym_envs
 
 __all__ = [
     "ATARI_ID",
@@ -33,4 +34,7 @@ __all__ = [
     "maze_layout",
     "mujoco_tasks",
     "register_envs",
+    "register_gym_envs",
 ]
+
+register_gym_envs()

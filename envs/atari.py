@@ -3,7 +3,7 @@
 ALE v5 game with no sticky actions and the minimal action set, frame skipping done by gymnasium's
 `AtariPreprocessing` (action repeat with a max over the last two frames, grayscale, resize, noop
 starts). Observations are uint8 and channels-last: (size, size, frame_stack).
-`ale_py` is imported only when an env is made, so `import rllib_stpn` stays light.
+`ale_py` and `cv2` (the `[atari]` extra) are imported only when an env is made.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from rllib_stpn._extras import require
 
 from ._options import check_int, reject_unknown
 
@@ -30,9 +32,7 @@ ATARI_OPTIONS: dict[str, Any] = {
 
 def atari_games() -> list[str]:
     """Names accepted as `game`: every ALE game that gymnasium registers as "ALE/<name>-v5"."""
-    import ale_py
-
-    gym.register_envs(ale_py)
+    gym.register_envs(require("ale_py", "atari", "the Atari envs"))
     return sorted(
         k[len("ALE/") : -len("-v5")]
         for k in gym.registry
@@ -90,9 +90,8 @@ def make_atari(
     screen_size = check_int(_env_id, "screen_size", screen_size, 8)
     noop_max = check_int(_env_id, "noop_max", noop_max, 0)
     frame_stack = check_int(_env_id, "frame_stack", frame_stack, 1)
-    import ale_py
-
-    gym.register_envs(ale_py)
+    gym.register_envs(require("ale_py", "atari", _env_id))
+    require("cv2", "atari", _env_id)  # AtariPreprocessing resizes with OpenCV
     base_id = f"ALE/{game}-v5" if isinstance(game, str) else None
     if base_id not in gym.registry:
         close = difflib.get_close_matches(str(game), atari_games(), n=3)

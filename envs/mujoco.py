@@ -1,6 +1,6 @@
 """MuJoCo tasks of gymnasium (SPEC section 3 uses InvertedPendulum, v5 instead of the paper's v2).
 
-`mujoco` is imported only when an env is made, so `import rllib_stpn` stays light.
+`mujoco` (the `[mujoco]` extra) is imported only when an env is made.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
+
+from rllib_stpn._extras import require
 
 from ._options import reject_unknown
 
@@ -41,6 +43,8 @@ def make_mujoco(
         raise ValueError(
             f"{_env_id}: unknown MuJoCo task {task!r}; valid tasks: {', '.join(tasks)}"
         )
+    require("mujoco", "mujoco", _env_id)
+    require("imageio", "mujoco", _env_id)  # gymnasium's MuJoCo envs import it when built
     return gym.make(task, render_mode=render_mode, disable_env_checker=True)
 
 

@@ -49,12 +49,17 @@ def make_rllib_env(env_id: str, env_config: Mapping[str, Any] | None = None) -> 
     return creator(**options)
 
 
-def register_envs() -> None:
-    """Register every id with gymnasium and Tune; calling it again is cheap and harmless."""
-    global _registered_with_tune
+def register_gym_envs() -> None:
+    """Register every id with gymnasium (done on `import rllib_stpn.envs`; imports no Ray)."""
     for env_id, (entry_point, vector_entry_point) in ENTRY_POINTS.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point=entry_point, vector_entry_point=vector_entry_point)
+
+
+def register_envs() -> None:
+    """Register every id with gymnasium and Tune; calling it again is cheap and harmless."""
+    global _registered_with_tune
+    register_gym_envs()
     if _registered_with_tune:
         return
     from ray.tune.registry import register_env

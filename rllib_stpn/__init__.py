@@ -1,47 +1,73 @@
-"""rllib-stpn: Short-Term Plasticity Neurons for Ray RLlib."""
+"""rllib-stpn: Short-Term Plasticity Neurons for Ray RLlib.
 
-from rllib_stpn.nn import STPN, STPNState
+Names resolve lazily, so an import costs what it uses: `from rllib_stpn import STPN` imports
+torch but no Ray, and `import rllib_stpn` alone imports neither. The RLlib-facing names (A2C,
+STPNModel, ...) import Ray and call :func:`register` on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["STPN", "STPNState", "__version__"]
+# name -> module that defines it.
+_TORCH_NAMES = {
+    "STPN": "rllib_stpn.nn.stpn",
+    "STPNState": "rllib_stpn.nn.stpn",
+    "count_parameters": "rllib_stpn.model_config",
+    "count_core_parameters": "rllib_stpn.model_config",
+    "core_hidden_size_for_params": "rllib_stpn.model_config",
+    "hidden_size_for_params": "rllib_stpn.model_config",
+}
+# These import Ray; the first access to one of them also registers (see `register`).
+_RLLIB_NAMES = {
+    "A2C": "rllib_stpn.algorithms.a2c",
+    "A2CConfig": "rllib_stpn.algorithms.a2c",
+    "STPNModel": "rllib_stpn.rl_module",
+    "STPNModelV2": "rllib_stpn.model_v2",
+    "SynapticPowerCallback": "rllib_stpn.callbacks",
+    "compact_states": "rllib_stpn.state_storage",
+}
+_LAZY = {**_TORCH_NAMES, **_RLLIB_NAMES}
 
-# A2C (Ray 2.60 dropped it); registering makes tune.Tuner("A2C") and YAML `run: A2C` resolve.
-from rllib_stpn.algorithms import A2C, A2CConfig  # noqa: E402
-from rllib_stpn.algorithms.a2c import register_a2c  # noqa: E402
+__all__ = ["__version__", "register", *_LAZY]
 
-register_a2c()
-__all__ += ["A2C", "A2CConfig"]
+_registered = False
 
-# Env ids ("stpn/Maze-v0", ...) for gymnasium.make and Tune/RLlib; idempotent, lazy entry points.
-from rllib_stpn.envs import register_envs  # noqa: E402
 
-register_envs()
+def register() -> None:
+    """Register the package with Ray: A2C with Tune as "A2C", the env ids ("stpn/Maze-v0", ...)
+    with gymnasium and Tune, and STPNModelV2 as the old-stack custom model "stpn".
 
-# STPNModel (new stack), STPNModelV2 (old stack, custom model "stpn"), power metric, sizing helper.
-from rllib_stpn.callbacks import SynapticPowerCallback  # noqa: E402
-from rllib_stpn.model_config import (  # noqa: E402
-    core_hidden_size_for_params,
-    count_core_parameters,
-    count_parameters,
-    hidden_size_for_params,
-)
-from rllib_stpn.model_v2 import STPNModelV2  # noqa: E402
-from rllib_stpn.model_v2 import register as _register_model_v2  # noqa: E402
-from rllib_stpn.rl_module import STPNModel  # noqa: E402
+    Idempotent and cheap after the first call. The `rllib` command, the YAML path and the first
+    access to an RLlib-facing name (``rllib_stpn.A2C``, ``STPNModel``, ...) call it; call it
+    yourself when you name an env id or ``custom_model: stpn`` without using any of those.
+    """
+    global _registered
+    if _registered:
+        return
+    from rllib_stpn.algorithms.a2c import register_a2c
+    from rllib_stpn.envs import register_envs
+    from rllib_stpn.model_v2 import register as register_model_v2
 
-# STPN states stored once per training sequence, not once per env step: A2C does it by itself,
-# other algorithms opt in with `config = compact_states(config)`.
-from rllib_stpn.state_storage import compact_states  # noqa: E402
+    register_a2c()
+    register_envs()
+    register_model_v2()
+    _registered = True
 
-_register_model_v2()
-__all__ += [
-    "STPNModel",
-    "STPNModelV2",
-    "SynapticPowerCallback",
-    "compact_states",
-    "core_hidden_size_for_params",
-    "count_core_parameters",
-    "count_parameters",
-    "hidden_size_for_params",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rllib_stpn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    if name in _RLLIB_NAMES:
+        register()
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from rllib_stpn._extras import MissingExtraError
 from rllib_stpn.experiments import ExperimentError
 
 __all__ = ["main"]
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "evaluate":
             return _evaluate(args)
         return _plot(args)
-    except ExperimentError as err:
+    except (ExperimentError, MissingExtraError) as err:
         print(f"rllib: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune took over

@@ -257,6 +257,9 @@ def evaluate_checkpoint(
     if episodes < 1:
         raise ExperimentError(f"episodes must be >= 1, got {episodes}")
     checkpoint = find_checkpoint(checkpoint)
+    import rllib_stpn
+
+    rllib_stpn.register()  # the checkpoint's env id or "stpn" model must resolve
     algo = _load_algorithm(checkpoint, seed)
     try:
         result = evaluate_algorithm(algo, episodes=episodes, explore=explore)

@@ -256,7 +256,9 @@ def _translate_stop(stop: Mapping[str, Any], name: Any) -> dict[str, Any]:
 
 def resolve_algorithm(run: Any) -> type:
     """The Algorithm class registered with Tune under ``run`` (e.g. "PPO", "A2C")."""
-    import rllib_stpn  # noqa: F401  (registers A2C, envs and the "stpn" model)
+    import rllib_stpn
+
+    rllib_stpn.register()  # A2C, the env ids and the "stpn" model
 
     if isinstance(run, type):
         return run
@@ -279,8 +281,9 @@ def resolve_algorithm(run: Any) -> type:
 
 def check_env(env: Any) -> None:
     """Fail unless ``env`` is registered with Tune or gymnasium (or is an env class/creator)."""
-    import rllib_stpn  # noqa: F401
+    import rllib_stpn
 
+    rllib_stpn.register()
     if not isinstance(env, str):
         if callable(env):
             return
@@ -292,9 +295,9 @@ def check_env(env: Any) -> None:
     import gymnasium as gym
 
     if env.startswith("ALE/"):
-        import ale_py
+        from rllib_stpn._extras import require
 
-        gym.register_envs(ale_py)
+        gym.register_envs(require("ale_py", "atari", env))
     try:
         gym.spec(env)  # also imports "module:EnvId" and handles namespaces
         return

@@ -94,5 +94,5 @@ class STPNModelV2(RecurrentNetwork, STPNNetwork):
 
 
 def register() -> None:
-    """Register STPNModelV2 as the old-stack custom model "stpn" (done on `import rllib_stpn`)."""
+    """Register STPNModelV2 as the old-stack custom model "stpn" (see `rllib_stpn.register`)."""
     ModelCatalog.register_custom_model(CUSTOM_MODEL_NAME, STPNModelV2)

@@ -130,8 +130,9 @@ def _label(trial_dir: Path) -> str:
 
 def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> list[Path]:
     """Write the three figures for every trial below ``run_dirs``; returns the PNG paths."""
-    import matplotlib
+    from rllib_stpn._extras import require
 
+    matplotlib = require("matplotlib", "plot", "rllib plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def ar():
-    """The script as a module (benchmarks/ is not a package; its modules import each other)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module("associative_retrieval")
+    """The script as a module (`python -m benchmarks.associative_retrieval` runs it)."""
+    return importlib.import_module("benchmarks.associative_retrieval")
 
 
 @pytest.mark.parametrize("pairs", [1, 4, 26])

@@ -51,9 +51,11 @@ def test_ids_registered_for_gymnasium_and_tune():
         "stpn/InvertedPendulum-v0",
     }
     for env_id in ENV_IDS:
-        assert env_id in gym.registry
-        assert _global_registry.contains(ENV_CREATOR, env_id)
+        assert env_id in gym.registry  # importing rllib_stpn.envs did this
+    register_envs()  # Tune/RLlib (also done by rllib_stpn.register())
     register_envs()  # idempotent: no error, no duplicate warning
+    for env_id in ENV_IDS:
+        assert _global_registry.contains(ENV_CREATOR, env_id)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -302,6 +304,8 @@ def test_rllib_ppo_trains_one_iteration(ray_session, env_id, env_config):
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
+    register_envs()  # the ids, for RLlib (rllib_stpn.register() does it too)
+
     # A small CNN for the 42x42 images keeps this a build test, not a benchmark.
     model = DefaultModelConfig(conv_filters=[[8, 8, 4], [8, 4, 2]], fcnet_hiddens=[32])
 
@@ -328,6 +332,8 @@ def test_rllib_ppo_trains_one_iteration(ray_session, env_id, env_config):
 def test_rllib_remote_runner_uses_vector_maze(ray_session):
     """In a remote env runner, "vector_entry_point" mode gets the numpy MazeVectorEnv."""
     from ray.rllib.algorithms.ppo import PPOConfig
+
+    register_envs()
 
     config = (
         PPOConfig()

@@ -14,6 +14,8 @@ from rllib_stpn.model_v2 import STPNModelV2
 from rllib_stpn.nn.cores import CORES
 from rllib_stpn.rl_module import STPNModel
 
+rllib_stpn.register()  # the custom model "stpn"
+
 OBS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 ACT = gym.spaces.Discrete(2)
 H = 5
@@ -31,7 +33,7 @@ def make_v2(core: str, **extra) -> STPNModelV2:
     return ModelCatalog.get_model_v2(OBS, ACT, 2, model_config, framework="torch")
 
 
-def test_registered_on_import():
+def test_registered():
     assert rllib_stpn.STPNModelV2 is STPNModelV2
     assert isinstance(make_v2("stpn"), STPNModelV2)
 

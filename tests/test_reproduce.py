@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,18 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import reproduce, supervised
+from benchmarks.tasks import art, cfd, report
 from rllib_stpn.nn.cores import CORES
 from rllib_stpn.rl_module import STPNModel
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-if str(BENCHMARKS) not in sys.path:
-    sys.path.insert(0, str(BENCHMARKS))
-
-reproduce = importlib.import_module("reproduce")
-supervised = importlib.import_module("supervised")
-art = importlib.import_module("tasks.art")
-cfd = importlib.import_module("tasks.cfd")
-report = importlib.import_module("tasks.report")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,7 +99,7 @@ def test_supervised_models_match_the_anchor_and_their_real_size(task):
 
 @pytest.mark.parametrize("task_name", ["maze", "pendulum"])
 def test_rl_models_count_what_stpnmodel_builds(task_name):
-    task = importlib.import_module(f"tasks.{task_name}")
+    task = importlib.import_module(f"benchmarks.tasks.{task_name}")
     obs = 17 if task_name == "maze" else 4
     action = gym.spaces.Discrete(4) if task_name == "maze" else gym.spaces.Box(-3, 3, (1,))
     specs = _available(task.models(task.variants(quick=True)[0]))
@@ -261,7 +252,7 @@ def test_quick_art_and_cfd_write_json_plots_and_page(tmp_path):
 
 
 def test_unregistered_core_is_reported_not_available(tmp_path, monkeypatch, capsys):
-    common = importlib.import_module("tasks.common")
+    common = importlib.import_module("benchmarks.tasks.common")
     monkeypatch.setattr(common, "CORES", tuple(c for c in CORES if c != "lstm"))
     specs = art.models(art.variants(quick=True)[0])
     lstm = next(s for s in specs if s.core == "lstm")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import associative_retrieval as ar
 import torch
-from supervised import SequenceModel, matched_hidden_size, num_params
 
-from tasks.common import ModelSpec, RunResult, model_specs
+from benchmarks import associative_retrieval as ar
+from benchmarks.supervised import SequenceModel, matched_hidden_size, num_params
+from benchmarks.tasks.common import ModelSpec, RunResult, model_specs
 
 NAME = "art"
 TITLE = "Associative retrieval (supervised)"

@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from supervised import (
+from torch import nn
+
+from benchmarks.supervised import (
     SequenceModel,
     evaluate_in_batches,
     matched_hidden_size,
     num_params,
     train,
 )
-from torch import nn
-
-from tasks.common import ModelSpec, RunResult, model_specs
+from benchmarks.tasks.common import ModelSpec, RunResult, model_specs
 
 NAME = "cfd"
 TITLE = "Continual familiarity detection (supervised)"

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.tasks.common import ModelSpec, RunResult, model_specs
+from benchmarks.tasks.rl import train_and_evaluate, with_model
 from rllib_stpn import A2CConfig
 from rllib_stpn.model_config import count_parameters, hidden_size_for_params
-from tasks.common import ModelSpec, RunResult, model_specs
-from tasks.rl import train_and_evaluate, with_model
 
 NAME = "maze"
 TITLE = "Maze exploration (A2C)"

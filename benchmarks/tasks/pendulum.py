@@ -13,9 +13,9 @@ from typing import Any
 
 from ray.rllib.algorithms.ppo import PPOConfig
 
+from benchmarks.tasks.common import ModelSpec, RunResult, model_specs
+from benchmarks.tasks.rl import train_and_evaluate, with_model
 from rllib_stpn.model_config import count_parameters
-from tasks.common import ModelSpec, RunResult, model_specs
-from tasks.rl import train_and_evaluate, with_model
 
 NAME = "pendulum"
 TITLE = "InvertedPendulum (PPO)"

@@ -15,14 +15,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tasks.common import mean_std
+from benchmarks.tasks.common import mean_std
 
 TASK_ORDER = ("art", "maze", "pendulum", "cfd")
 BEGIN, END = "<!-- reproduce:{task}:begin -->", "<!-- reproduce:{task}:end -->"
 
 PAGE_HEADER = """# Results: STPN against its baselines at CPU-sized budgets
 
-Every number on this page was measured by `python benchmarks/reproduce.py --task TASK`, which
+Every number on this page was measured by `python -m benchmarks.reproduce --task TASK`, which
 trains each model of the task for several seeds, writes the raw per-seed results (with the
 exact settings and timings) to `docs/results/TASK.json`, draws the plots next to it and
 rewrites the task's section below. `--task all` runs the four tasks one after another;
@@ -398,7 +398,7 @@ def update_page(page: Path, task_name: str, section: str) -> None:
         if name in sections:
             body += [sections[name], ""]
         else:
-            command = f"python benchmarks/reproduce.py --task {name}"
+            command = f"python -m benchmarks.reproduce --task {name}"
             body += [f"## {name} (not run yet)", "", f"Run `{command}`.", ""]
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("\n".join(body))

@@ -12,9 +12,9 @@ from typing import Any
 
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from benchmarks.tasks.common import ModelSpec, RunResult
 from rllib_stpn import STPNModel, SynapticPowerCallback, metrics
 from rllib_stpn.evaluate import evaluate_algorithm
-from tasks.common import ModelSpec, RunResult
 
 RETURN = (metrics.ENV_RUNNERS, metrics.EPISODE_RETURN_MEAN)
 POWER = (metrics.ENV_RUNNERS, metrics.SYNAPTIC_POWER_MEAN)

@@ -293,6 +293,14 @@ class A2CConfig(AlgorithmConfig):
 class A2C(Algorithm):
     """Synchronous advantage actor-critic: one rollout, one gradient step per iteration."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # RLlib resolves config.env ("stpn/Maze-v0") against Tune's registry right here and in the
+        # env runners this process starts (a Tune trial's process too): register first.
+        import rllib_stpn
+
+        rllib_stpn.register()
+        super().__init__(*args, **kwargs)
+
     @classmethod
     @override(Algorithm)
     def get_default_config(cls) -> A2CConfig:
