@@ -65,6 +65,9 @@ class STPNModelV2(RecurrentNetwork, nn.Module):
             self.cfg["hidden_size"],
             plasticity=self.cfg["plasticity"],
             normalize=self.cfg["normalize"],
+            f_clamp=self.cfg["f_clamp"],
+            post_update_norm=self.cfg["post_update_norm"],
+            weight_init=self.cfg["weight_init"],
         )
         self.pi = nn.Linear(self.cfg["hidden_size"], num_outputs)
         self.vf = nn.Linear(self.cfg["hidden_size"], 1)

@@ -58,6 +58,9 @@ class STPNModel(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI, InferenceOnly
             cfg["hidden_size"],
             plasticity=cfg["plasticity"],
             normalize=cfg["normalize"],
+            f_clamp=cfg["f_clamp"],
+            post_update_norm=cfg["post_update_norm"],
+            weight_init=cfg["weight_init"],
         )
         self.pi = nn.Linear(cfg["hidden_size"], action_dist_input_size(self.action_space))
         self.vf = nn.Linear(cfg["hidden_size"], 1)
