@@ -10,6 +10,7 @@ from torch import nn
 
 from rllib_stpn.nn.cores import CORES, ENCODERS, build_core
 from rllib_stpn.nn.stpn import PLASTICITY_MODES
+from rllib_stpn.nn.variants import WEIGHT_INITS
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "rnn", "mlp" (no memory), or a
@@ -22,6 +23,14 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "plasticity": "per_synapse",
     # STPN cores only: per-neuron L2 normalisation of W + F.
     "normalize": True,
+    # STPN cores only, the authors' variants (docs/fidelity.md, "STPN layer variants"):
+    # None, or c > 0 to clamp F to [-c, c] after every update (their InvertedPendulum: 0.1,
+    # maze: 1.0);
+    "f_clamp": None,
+    # normalise F after the Hebbian update instead of before it (their maze);
+    "post_update_norm": False,
+    # "paper" (appendix A.4, bounds by hidden size) or "input" (their STPNf: by input size).
+    "weight_init": "paper",
     # "auto": Mnih et al. 2016 CNN for (H, W, C) image observations, identity for vectors.
     # "mlp": ReLU layers of sizes `encoder_hiddens`.
     "encoder": "auto",
@@ -53,6 +62,17 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _f_clamp(value: Any) -> float | None:
+    ok = value is None or (
+        not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < float("inf")
+    )
+    if not ok:
+        raise ValueError(
+            f"model_config['f_clamp'] must be None or a positive finite number, got {value!r}"
+        )
+    return None if value is None else float(value)
+
+
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"model_config[{key!r}] must be one of {allowed}, got {value!r}")
@@ -79,6 +99,9 @@ def validate_model_config(model_config: Mapping[str, Any] | None) -> dict[str, A
     _positive_int("hidden_size", cfg["hidden_size"])
     _positive_int("max_seq_len", cfg["max_seq_len"])
     _bool("normalize", cfg["normalize"])
+    cfg["f_clamp"] = _f_clamp(cfg["f_clamp"])
+    _bool("post_update_norm", cfg["post_update_norm"])
+    _choice("weight_init", cfg["weight_init"], WEIGHT_INITS)
     _bool("measure_power", cfg["measure_power"])
     _bool("compact_states", cfg["compact_states"])
     hiddens = cfg["encoder_hiddens"]

@@ -64,6 +64,9 @@ class STPNNetwork(nn.Module):
             cfg["hidden_size"],
             plasticity=cfg["plasticity"],
             normalize=cfg["normalize"],
+            f_clamp=cfg["f_clamp"],
+            post_update_norm=cfg["post_update_norm"],
+            weight_init=cfg["weight_init"],
         )
         self.pi = nn.Linear(cfg["hidden_size"], num_outputs)
         self.vf = nn.Linear(cfg["hidden_size"], 1)

@@ -91,6 +91,14 @@ def test_same_outputs_as_rl_module(core):
         torch.testing.assert_close(s, ref[Columns.STATE_OUT][k])
 
 
+def test_stpn_variant_keys_reach_the_layer():
+    v2 = make_v2("stpnf", f_clamp=0.1, post_update_norm=True, weight_init="input")
+    layer = v2.core.stpn
+    assert (layer.f_clamp, layer.post_update_norm, layer.weight_init) == (0.1, True, "input")
+    with pytest.raises(ValueError, match="f_clamp"):
+        make_v2("stpn", f_clamp=-1.0)
+
+
 def test_bad_custom_model_config():
     with pytest.raises(ValueError, match="unknown model_config key 'cell'"):
         make_v2("stpn", cell=3)

@@ -262,6 +262,39 @@ def test_model_config_errors_list_valid_values():
     assert validate_model_config({"vf_share_layers": False})["core"] == "stpn"
 
 
+@pytest.mark.parametrize("core", ["stpn", "stpnf"])
+def test_stpn_variant_keys_reach_the_layer(core):
+    """f_clamp, post_update_norm and weight_init build the layer with them: the state F after a
+    sequence stays in [-c, c], the parameter count is unchanged, and bad values are one line."""
+    variants = {"f_clamp": 0.05, "post_update_norm": False, "weight_init": "input"}
+    m = make(core, **variants)
+    layer = m.core.stpn
+    assert (layer.f_clamp, layer.post_update_norm, layer.weight_init) == (0.05, False, "input")
+    assert m.num_parameters == count_core_parameters(core, 3, H, num_outputs=4)
+    assert make(core, post_update_norm=True).core.stpn.post_update_norm
+    randomize_plasticity(m)
+    batch = {Columns.OBS: 3 * torch.randn(4, 9, 3), Columns.STATE_IN: batched_state(m, 4)}
+    F = m.forward_train(batch)[Columns.STATE_OUT]["F"]
+    assert F.abs().max() <= 0.05 and (F.abs() == 0.05).any()
+    defaults = validate_model_config({})
+    assert (defaults["f_clamp"], defaults["post_update_norm"], defaults["weight_init"]) == (
+        None,
+        False,
+        "paper",
+    )
+    assert validate_model_config({"f_clamp": 1})["f_clamp"] == 1.0
+    bad = [
+        ({"f_clamp": 0}, r"^model_config\['f_clamp'\] must be None or a positive finite .*got 0$"),
+        ({"f_clamp": "0.1"}, r"^model_config\['f_clamp'\] .* got '0\.1'$"),
+        ({"post_update_norm": 1}, r"^model_config\['post_update_norm'\] must be True or False"),
+        ({"weight_init": "he"}, r"'weight_init'\] must be one of \('paper', 'input'\), got 'he'"),
+    ]
+    for cfg, match in bad:
+        with pytest.raises(ValueError, match=match) as e:
+            validate_model_config(cfg)
+        assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("core", CORES)
 def test_count_parameters_matches_module(core):
     for plasticity in ("per_synapse", "uniform"):

@@ -14,7 +14,8 @@ CONFIGS = list(itertools.product([True, False], ["per_synapse", "uniform"], [Tru
 
 
 def spec_reference(layer: STPN, x: torch.Tensor, h: torch.Tensor, F: torch.Tensor):
-    """SPEC section 1 one sample, one neuron, one synapse at a time (float64, no vectorisation)."""
+    """SPEC section 1 one sample, one neuron, one synapse at a time (float64, no vectorisation),
+    with the authors' variants as docs/fidelity.md writes them (clamp, then post-normalisation)."""
     B, T, _ = x.shape
     H, D = layer.hidden_size, layer.synapse_size
     W = layer.weight.detach().double()
@@ -35,9 +36,16 @@ def spec_reference(layer: STPN, x: torch.Tensor, h: torch.Tensor, F: torch.Tenso
                 G_hat, F_hat = G / n, F[s, i] / n
                 new_h[i] = math.tanh(float((G_hat * z).sum()) + float(b[i]))
                 power[s, t] += float((z * z * G_hat.abs()).sum())
-                new_F[i] = lam[i] * F_hat
+                new_F[i] = lam[i] * (F[s, i] if layer.post_update_norm else F_hat)
             for i in range(H):
                 new_F[i] = new_F[i] + gam[i] * new_h[i] * z
+                if layer.f_clamp is not None:
+                    c = layer.f_clamp
+                    clamped = [min(max(float(v), -c), c) for v in new_F[i]]
+                    new_F[i] = torch.tensor(clamped, dtype=torch.float64)
+                if layer.post_update_norm:
+                    m = math.sqrt(float(((W[i] + new_F[i]) ** 2).sum())) + 1e-12
+                    new_F[i] = new_F[i] / m
             h[s], F[s] = new_h, new_F
             out[s, t] = new_h
     return out, h, F, power
@@ -61,6 +69,36 @@ def test_matches_spec_reference(recurrent, plasticity, normalize):
     torch.testing.assert_close(power.double(), ref_power, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "f_clamp,post_update_norm", [(0.05, False), (None, True), (0.05, True), (2, True)]
+)
+@pytest.mark.parametrize("recurrent,plasticity,normalize", CONFIGS)
+def test_variants_match_spec_reference(recurrent, plasticity, normalize, f_clamp, post_update_norm):
+    torch.manual_seed(0)
+    layer = STPN(
+        3,
+        4,
+        recurrent=recurrent,
+        plasticity=plasticity,
+        normalize=normalize,
+        f_clamp=f_clamp,
+        post_update_norm=post_update_norm,
+    ).double()  # float64 throughout: the loop below is the exact statement
+    with torch.no_grad():
+        layer.weight_gamma.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 4, dtype=torch.float64) * 0.5
+    F0 = torch.randn(2, 4, layer.synapse_size, dtype=torch.float64) * 0.1
+    ref_out, ref_h, ref_F, ref_power = spec_reference(layer, x, h0, F0)
+    for implementation in ("fused", "reference"):
+        layer.implementation = implementation
+        out, state, power = layer(x, STPNState(h0, F0), return_power=True)
+        for got, want in zip((out, state.h, state.F, power), (ref_out, ref_h, ref_F, ref_power)):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    if f_clamp is not None and not post_update_norm and f_clamp < 1:
+        assert state.F.abs().max() <= f_clamp and (state.F.abs() == f_clamp).any()
+
+
 def test_shapes_parameters_and_init():
     layer = STPN(5, 7)
     assert layer.synapse_size == 12
@@ -78,6 +116,24 @@ def test_shapes_parameters_and_init():
     assert isinstance(state, STPNState)
     assert state.h.shape == (3, 7) and state.F.shape == (3, 7, 12)
     torch.testing.assert_close(out[:, -1], state.h)
+
+
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_weight_init_by_input_size(recurrent):
+    """weight_init="input": the authors' STPNf bounds, 1/√I in place of 1/√H (Scripts/STPLayers.py
+    init_weights with k_for_weight_init = 1 / in_features)."""
+    torch.manual_seed(7)
+    I, H = 4, 400  # 1/√I = 0.5, 1/√H = 0.05: the bounds are far apart
+    layer = STPN(I, H, recurrent=recurrent, weight_init="input")
+    bound = 1 / math.sqrt(I)
+    for p, scale in ((layer.weight, 1.0), (layer.bias, 1.0), (layer.weight_gamma, 0.001)):
+        assert p.abs().max() <= scale * bound
+        assert p.abs().max() > 0.9 * scale * bound  # the draws fill the range
+    assert 0 <= layer.weight_lambda.min() and layer.weight_lambda.max() <= 1
+    assert layer.weight_lambda.max() > 0.9 and layer.weight_lambda.min() < 0.1
+    paper = STPN(I, H, recurrent=recurrent)
+    assert paper.weight.abs().max() <= 1 / math.sqrt(H)
+    assert "weight_init='input'" in repr(layer) and "weight_init" not in repr(paper)
 
 
 @pytest.mark.parametrize("recurrent", [True, False])
@@ -174,11 +230,25 @@ def test_cuda_matches_cpu():
         (dict(input_size=3, hidden_size=-2), "hidden_size must be a positive int, got -2"),
         (dict(input_size=3, hidden_size=2.5), "hidden_size must be a positive int, got 2.5"),
         (dict(input_size=3, hidden_size=4, plasticity="global"), "plasticity must be one of"),
+        (dict(input_size=3, hidden_size=4, f_clamp=0), "f_clamp must be None or a positive"),
+        (dict(input_size=3, hidden_size=4, f_clamp=-1.0), r"finite number, got -1\.0$"),
+        (dict(input_size=3, hidden_size=4, f_clamp=float("inf")), "positive finite number"),
+        (dict(input_size=3, hidden_size=4, f_clamp="0.1"), r"positive number, got '0\.1'$"),
+        (dict(input_size=3, hidden_size=4, f_clamp=True), "positive number, got True"),
+        (
+            dict(input_size=3, hidden_size=4, post_update_norm="yes"),
+            "post_update_norm must be True or False, got 'yes'",
+        ),
+        (
+            dict(input_size=3, hidden_size=4, weight_init="kaiming"),
+            r"weight_init must be one of \('paper', 'input'\), got 'kaiming'",
+        ),
     ],
 )
 def test_bad_constructor_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         STPN(**kwargs)
+    assert "\n" not in str(info.value)
 
 
 def test_bad_inputs():

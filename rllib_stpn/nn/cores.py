@@ -115,6 +115,9 @@ class STPNCore(MemoryCore):
         recurrent: bool = True,
         plasticity: str = "per_synapse",
         normalize: bool = True,
+        f_clamp: float | None = None,
+        post_update_norm: bool = False,
+        weight_init: str = "paper",
     ) -> None:
         super().__init__()
         self.stpn = STPN(
@@ -123,6 +126,9 @@ class STPNCore(MemoryCore):
             recurrent=recurrent,
             plasticity=plasticity,
             normalize=normalize,
+            f_clamp=f_clamp,
+            post_update_norm=post_update_norm,
+            weight_init=weight_init,
         )
         self.input_size, self.hidden_size = input_size, hidden_size
 
@@ -268,8 +274,12 @@ def build_core(
     *,
     plasticity: str = "per_synapse",
     normalize: bool = True,
+    f_clamp: float | None = None,
+    post_update_norm: bool = False,
+    weight_init: str = "paper",
 ) -> MemoryCore:
-    """The memory core named `core` (one of CORES)."""
+    """The memory core named `core` (one of CORES); the keyword options are the STPN layer's
+    (`rllib_stpn.nn.stpn.STPN`) and apply to "stpn" and "stpnf" only."""
     if core in ("stpn", "stpnf"):
         return STPNCore(
             input_size,
@@ -277,6 +287,9 @@ def build_core(
             recurrent=core == "stpn",
             plasticity=plasticity,
             normalize=normalize,
+            f_clamp=f_clamp,
+            post_update_norm=post_update_norm,
+            weight_init=weight_init,
         )
     if core == "lstm":
         return LSTMCore(input_size, hidden_size)

@@ -36,9 +36,13 @@ def apply_sequence_function(
     recurrent: bool,
     normalize: bool,
     return_power: bool,
+    *variant: object,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`function.apply` of a fused op, with power None when not asked for (the common contract)."""
-    res = function.apply(*args, recurrent, normalize, return_power)
+    """`function.apply` of a fused op, with power None when not asked for (the common contract).
+
+    `variant` is (f_clamp, post_update_norm), passed on after the three flags.
+    """
+    res = function.apply(*args, recurrent, normalize, return_power, *variant)
     return res if return_power else (*res, None)
 
 
@@ -78,11 +82,18 @@ def stpn_sequence_reference(
     normalize: bool,
     return_power: bool,
     seq_lens: torch.Tensor | None = None,
+    f_clamp: float | None = None,
+    post_update_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Run T STPN steps with autograd; returns (out (B,T,H), h (B,H), F (B,H,D), power (B,T)).
 
     With `seq_lens`, sample b stops after seq_lens[b] steps: its state is frozen from then on
     and its outputs and power are zero (written as masking, to stay the readable reference).
+
+    The authors' variants (docs/fidelity.md, "STPN layer variants"): `f_clamp` c clamps the
+    updated F to [-c, c]; `post_update_norm` updates the un-normalised F and then divides the
+    result by ||W + F|| per row (their plastic_weight_norm time "post"), instead of updating
+    F / n_t. The power is always taken over the efficacy applied to the input, Ĝ_t.
     """
     lens = lengths_or_none(seq_lens, x.shape[0], x.shape[1])
     outs, powers = [], []
@@ -101,7 +112,12 @@ def stpn_sequence_reference(
         h = torch.tanh(pre)
         if return_power:
             powers.append(synaptic_power(z, G_hat))
-        F = weight_lambda * F_hat + weight_gamma * (h.unsqueeze(-1) * z.unsqueeze(-2))
+        F_kept = F if post_update_norm else F_hat
+        F = weight_lambda * F_kept + weight_gamma * (h.unsqueeze(-1) * z.unsqueeze(-2))
+        if f_clamp is not None:
+            F = torch.clamp(F, -f_clamp, f_clamp)
+        if post_update_norm:
+            F = F / (torch.linalg.vector_norm(weight + F, dim=-1, keepdim=True) + NORM_EPS)
         if lens is not None:
             active = (lens > t).to(x.device).unsqueeze(-1)  # (B, 1)
             if return_power:

@@ -30,6 +30,9 @@ Derivation, one sample, one step (n = r + eps, r = ||G|| per row i, s = G z, P =
     dpre = dh (1 - h²)                     db += dpre
     dn = -(Σ_j Λ F gF') / n² - dpre s / n² - gP Σ_j z² |G| / n²
     dG = (dpre / n) zᵀ + (dn / r) G + gP sign(G) z² / n      (dW += dG,  dF = Λ gF' / n + dG)
+
+The authors' variants (f_clamp, post_update_norm) add maps after the update; their backward is
+in `rllib_stpn.nn.variants`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from rllib_stpn.nn.functional import (
 )
 from rllib_stpn.nn.fused_cpp import stpn_sequence_cpp
 from rllib_stpn.nn.fused_cpp import supports as cpp_supports
+from rllib_stpn.nn.variants import update_grad
 
 
 def _rowdot(A: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -86,11 +90,14 @@ def stpn_sequence_fused_forward(
     normalize: bool,
     return_power: bool,
     keep: list | None = None,
+    f_clamp: float | None = None,
+    post_update_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
     """T steps without autograd. With `keep` (a list) it receives F_1..F_{T-1} for the backward.
 
     Returns out (B, T, H), h_T, F_T, power (B, T) or None, and the small per-step tensors the
-    backward needs (n, r, s and the per-neuron power, each (B, T, H)).
+    backward needs (n, r, s, the per-neuron power and ||W + C|| of post_update_norm, each
+    (B, T, H)).
     """
     B, T, I = x.shape
     H, D = weight.shape
@@ -98,12 +105,14 @@ def stpn_sequence_fused_forward(
     Wx, Wh = weight[:, :I], weight[:, I:]
     # Input part of W z plus bias for every step at once.
     xW = torch.matmul(x, Wx.t())
-    W2 = weight.square().sum(-1) if normalize else None
+    scale_update = normalize and not post_update_norm  # the update takes F / n
+    W2 = weight.square().sum(-1) if normalize or post_update_norm else None
     out = x.new_empty(B, T, H)
     S = x.new_empty(B, T, H)
     Ns = x.new_empty(B, T, H) if normalize else None
     Rs = x.new_empty(B, T, H) if normalize else None
     prow = x.new_empty(B, T, H) if return_power else None
+    Ms = x.new_empty(B, T, H) if post_update_norm else None
     spare = None  # recycled F buffer when nothing is kept (sampling, no-grad)
     for t in range(T):
         if recurrent:
@@ -138,15 +147,21 @@ def stpn_sequence_fused_forward(
         else:
             Fn = torch.empty_like(F)
         if per_synapse:
-            nh = h * n if normalize else h
+            nh = h * n if scale_update else h
             torch.mul(weight_gamma, z.unsqueeze(1), out=Fn)
             Fn.mul_(nh.unsqueeze(-1)).addcmul_(F, weight_lambda)
-            if normalize:
+            if scale_update:
                 Fn.mul_(n.reciprocal().unsqueeze(-1))
         else:
-            lam_n = weight_lambda / n if normalize else weight_lambda.expand(B, H)
+            lam_n = weight_lambda / n if scale_update else weight_lambda.expand(B, H)
             torch.mul(F, lam_n.unsqueeze(-1), out=Fn)
             Fn.baddbmm_((weight_gamma * h).unsqueeze(-1), z.unsqueeze(1))
+        if f_clamp is not None:
+            Fn.clamp_(-f_clamp, f_clamp)
+        if post_update_norm:
+            r_m, m = _norms(Fn, weight, W2)
+            Fn.mul_(m.reciprocal().unsqueeze(-1))
+            Ms[:, t] = r_m
         if keep is not None:
             if t < T - 1:
                 keep.append(Fn)
@@ -154,7 +169,7 @@ def stpn_sequence_fused_forward(
             spare = F  # F_t was ours (not the caller's F_0): reuse its memory for F_{t+2}
         F = Fn
     power = prow.sum(-1) if return_power else None
-    saved = {"S": S, "N": Ns, "R": Rs, "P": prow}
+    saved = {"S": S, "N": Ns, "R": Rs, "P": prow, "M": Ms}
     return out, h, F, power, saved
 
 
@@ -174,6 +189,8 @@ class STPNSequenceFunction(torch.autograd.Function):
         recurrent: bool,
         normalize: bool,
         return_power: bool,
+        f_clamp: float | None = None,
+        post_update_norm: bool = False,
     ):
         keep: list = []
         out, h, F, power, saved = stpn_sequence_fused_forward(
@@ -188,12 +205,14 @@ class STPNSequenceFunction(torch.autograd.Function):
             normalize=normalize,
             return_power=return_power,
             keep=keep,
+            f_clamp=f_clamp,
+            post_update_norm=post_update_norm,
         )
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, h0, F0, weight, bias, weight_lambda, weight_gamma, out)
         ctx.Fs = keep  # F_1..F_{T-1}, read-only in the backward
         ctx.saved = saved
-        ctx.flags = (recurrent, normalize, return_power)
+        ctx.flags = (recurrent, normalize, return_power, f_clamp, post_update_norm)
         h_out = h.clone()  # a separate output: out[:, -1] would be a view of another output
         if power is None:
             return out, h_out, F
@@ -203,8 +222,9 @@ class STPNSequenceFunction(torch.autograd.Function):
     def backward(ctx, g_out, g_h, g_F, g_power=None):
         x, h0, F0, W, b, lam, gam, out = ctx.saved_tensors
         Fs = ctx.Fs
-        recurrent, normalize, return_power = ctx.flags
-        S, Ns, Rs, prow = (ctx.saved[k] for k in ("S", "N", "R", "P"))
+        recurrent, normalize, return_power, f_clamp, post_update_norm = ctx.flags
+        S, Ns, Rs, prow, Ms = (ctx.saved[k] for k in ("S", "N", "R", "P", "M"))
+        scale_update = normalize and not post_update_norm
         B, T, I = x.shape
         H, D = W.shape
         per_synapse = lam.dim() > 0
@@ -224,27 +244,34 @@ class STPNSequenceFunction(torch.autograd.Function):
         ptmp = None
         for t in range(T - 1, -1, -1):
             F = Fs[t - 1] if t > 0 else F0
+            h = out[:, t]
+            hp = out[:, t - 1] if t > 0 else h0
+            z = torch.cat([x[:, t], hp], dim=-1) if recurrent else x[:, t]
+            if normalize:
+                n, r = Ns[:, t], Rs[:, t]
+                inv_n = n.reciprocal()
+            if gF is not None and (f_clamp is not None or post_update_norm):
+                # gF' -> the gradient of the unclamped, unnormalised update U (a new tensor).
+                alpha = inv_n.unsqueeze(-1) if scale_update else 1.0
+                r_m = Ms[:, t] if post_update_norm else None
+                gF, dW_m = update_grad(gF, F * alpha, h, z, W, lam, gam, f_clamp, r_m)
+                if dW_m is not None:
+                    dW += dW_m
             free = [u for u in bufs if u is not gF]
             if free:
                 tmp = free[0]
             else:
                 tmp = torch.empty_like(F)
                 bufs.append(tmp)
-            h = out[:, t]
-            hp = out[:, t - 1] if t > 0 else h0
-            z = torch.cat([x[:, t], hp], dim=-1) if recurrent else x[:, t]
             dh = g_out[:, t] if g_out is not None else torch.zeros_like(h)
             if gh is not None:
                 dh = dh + gh
-            if normalize:
-                n, r = Ns[:, t], Rs[:, t]
-                inv_n = n.reciprocal()
             dz = None
             c1 = None  # sum_j Λ F gF' per row
             if gF is not None:
                 torch.mul(gF, F, out=tmp)
                 if per_synapse:
-                    if normalize:
+                    if scale_update:
                         c1 = _rowdot(tmp, lam)
                         dlam += _batch_wsum(inv_n, tmp)
                     else:
@@ -256,7 +283,7 @@ class STPNSequenceFunction(torch.autograd.Function):
                     dz = _vecmat(h, tmp)
                 else:
                     rows = tmp.sum(-1)
-                    if normalize:
+                    if scale_update:
                         c1 = lam * rows
                         dlam += (rows * inv_n).sum()
                     else:
@@ -296,20 +323,23 @@ class STPNSequenceFunction(torch.autograd.Function):
                 dz = dz + 2.0 * z * _vecmat(wP, ptmp)
                 torch.sign(G, out=ptmp).mul_((z * z).unsqueeze(1))
                 dW += _batch_wsum(wP, ptmp)
-            # dL/dF_t = (Λ gF' + dpre zᵀ + n k G + gP sign(G) z²) / n   (n = 1 unnormalised)
+            # dL/dF_t = (Λ gF' + dpre zᵀ + n k G + gP sign(G) z²) / n   (n = 1 unnormalised;
+            # with post_update_norm, Λ gF' is added after the division: the update took F)
             if normalize:
                 Dt = G.mul_(kn.unsqueeze(-1))
             elif gF is not None:
                 Dt = torch.mul(gF, lam, out=G)
             else:
                 Dt = G.zero_()
-            if normalize and gF is not None:
+            if scale_update and gF is not None:
                 Dt.addcmul_(gF, lam)
             Dt.baddbmm_(dpre.unsqueeze(-1), z.unsqueeze(1))
             if gPt is not None:
                 Dt.addcmul_(ptmp, gPt.unsqueeze(-1))
             if normalize:
                 Dt.mul_(inv_n.unsqueeze(-1))
+                if not scale_update and gF is not None:
+                    Dt.addcmul_(gF, lam)
             gF = Dt
             del G, F, tmp
             if dx is not None:
@@ -329,19 +359,29 @@ class STPNSequenceFunction(torch.autograd.Function):
             None,
             None,
             None,
+            None,
+            None,
         )
 
 
 def _fused_torch_full_length(
-    args: tuple, recurrent: bool, normalize: bool, return_power: bool
+    args: tuple, recurrent: bool, normalize: bool, return_power: bool, variant: tuple
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if not needs_autograd(*args):
         # Sampling path: no saved states, F buffers recycled.
+        f_clamp, post_update_norm = variant
         out, h, F, power, _ = stpn_sequence_fused_forward(
-            *args, recurrent=recurrent, normalize=normalize, return_power=return_power
+            *args,
+            recurrent=recurrent,
+            normalize=normalize,
+            return_power=return_power,
+            f_clamp=f_clamp,
+            post_update_norm=post_update_norm,
         )
         return out, h, F, power
-    return apply_sequence_function(STPNSequenceFunction, args, recurrent, normalize, return_power)
+    return apply_sequence_function(
+        STPNSequenceFunction, args, recurrent, normalize, return_power, *variant
+    )
 
 
 def stpn_sequence_fused_torch(
@@ -357,6 +397,8 @@ def stpn_sequence_fused_torch(
     normalize: bool,
     return_power: bool,
     seq_lens: torch.Tensor | None = None,
+    f_clamp: float | None = None,
+    post_update_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The pure-torch fused op (any device): same contract as `stpn_sequence_fused`.
 
@@ -366,8 +408,11 @@ def stpn_sequence_fused_torch(
     B, T = x.shape[:2]
     params = (weight, bias, weight_lambda, weight_gamma)
     lens = lengths_or_none(seq_lens, B, T)
+    variant = (f_clamp, post_update_norm)
     if lens is None:
-        return _fused_torch_full_length((x, h, F, *params), recurrent, normalize, return_power)
+        return _fused_torch_full_length(
+            (x, h, F, *params), recurrent, normalize, return_power, variant
+        )
     outs, hs, Fs, powers, order = [], [], [], [], []
     for length in sorted(set(lens.tolist()), reverse=True):
         rows = (lens == length).nonzero().squeeze(1).to(x.device)
@@ -381,7 +426,7 @@ def stpn_sequence_fused_torch(
             continue
         x_g = x.index_select(0, rows)[:, :length]
         o, h_g, F_g, p = _fused_torch_full_length(
-            (x_g, h_g, F_g, *params), recurrent, normalize, return_power
+            (x_g, h_g, F_g, *params), recurrent, normalize, return_power, variant
         )
         outs.append(torch.nn.functional.pad(o, (0, 0, 0, T - length)))
         powers.append(torch.nn.functional.pad(p, (0, T - length)) if return_power else None)
@@ -410,6 +455,8 @@ def stpn_sequence_fused(
     normalize: bool,
     return_power: bool,
     seq_lens: torch.Tensor | None = None,
+    f_clamp: float | None = None,
+    post_update_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Drop-in for `stpn_sequence_reference`: (out (B,T,H), h (B,H), F (B,H,D), power (B,T)).
 
@@ -424,4 +471,6 @@ def stpn_sequence_fused(
         normalize=normalize,
         return_power=return_power,
         seq_lens=seq_lens,
+        f_clamp=f_clamp,
+        post_update_norm=post_update_norm,
     )

@@ -173,15 +173,41 @@ def _expand(p: torch.Tensor, H: int, D: int) -> torch.Tensor:
     return p.expand(H, D).contiguous() if p.dim() == 0 else p
 
 
+def _clamp_value(f_clamp: float | None) -> float:
+    """The kernel's clamp bound: +inf when there is no clamp."""
+    return float("inf") if f_clamp is None else f_clamp
+
+
 def _kernel_forward(
-    args: tuple, recurrent: bool, normalize: bool, return_power: bool, *, keep: bool
+    args: tuple,
+    recurrent: bool,
+    normalize: bool,
+    return_power: bool,
+    variant: tuple,
+    *,
+    keep: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """(Λ, Γ as (H, D), the kernel's outputs out, F_T, F_1..F_{T-1}, s, n, r, P)."""
+    """(Λ, Γ as (H, D), the kernel's outputs out, F_T, F_1..F_{T-1}, s, n, r, P, ||W + C||)."""
     x, h, F, weight, bias, weight_lambda, weight_gamma, lens = args
+    f_clamp, post_update_norm = variant
     H, D = weight.shape
     lam, gam = _expand(weight_lambda, H, D), _expand(weight_gamma, H, D)
     outputs = load().forward(
-        x, h, F, weight, bias, lam, gam, lens, recurrent, normalize, return_power, keep, NORM_EPS
+        x,
+        h,
+        F,
+        weight,
+        bias,
+        lam,
+        gam,
+        lens,
+        recurrent,
+        normalize,
+        return_power,
+        keep,
+        NORM_EPS,
+        _clamp_value(f_clamp),
+        post_update_norm,
     )
     return lam, gam, outputs
 
@@ -203,14 +229,18 @@ class STPNSequenceCppFunction(torch.autograd.Function):
         recurrent: bool,
         normalize: bool,
         return_power: bool,
+        f_clamp: float | None = None,
+        post_update_norm: bool = False,
     ):
         args = (x, h0, F0, weight, bias, weight_lambda, weight_gamma, lens)
-        lam, gam, (out, FT, Fs, S, N, R, P) = _kernel_forward(
-            args, recurrent, normalize, return_power, keep=True
+        variant = (f_clamp, post_update_norm)
+        lam, gam, (out, FT, Fs, S, N, R, P, M) = _kernel_forward(
+            args, recurrent, normalize, return_power, variant, keep=True
         )
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, h0, F0, Fs, weight, lam, gam, out, S, N, R, P, lens)
+        ctx.save_for_backward(x, h0, F0, Fs, weight, lam, gam, out, S, N, R, P, M, lens)
         ctx.flags = (recurrent, normalize, return_power, weight_lambda.dim() == 0, bias is not None)
+        ctx.variant = variant
         h_out = last_hidden(out, h0, lens)
         if not return_power:
             return out, h_out, FT
@@ -219,8 +249,9 @@ class STPNSequenceCppFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_h, g_F, g_power=None):
-        x, h0, F0, Fs, W, lam, gam, out, S, N, R, P, lens = ctx.saved_tensors
+        x, h0, F0, Fs, W, lam, gam, out, S, N, R, P, M, lens = ctx.saved_tensors
         recurrent, normalize, return_power, uniform, has_bias = ctx.flags
+        f_clamp, post_update_norm = ctx.variant
         needs = ctx.needs_input_grad
         # dL/dF is carried in place: start from a private copy of the given gradient (or zeros).
         gF = torch.zeros_like(F0) if g_F is None else g_F.contiguous().clone()
@@ -238,6 +269,7 @@ class STPNSequenceCppFunction(torch.autograd.Function):
             N,
             R,
             P,
+            M,
             g_out,
             g_h,
             gP,
@@ -245,6 +277,9 @@ class STPNSequenceCppFunction(torch.autograd.Function):
             lens,
             recurrent,
             normalize,
+            NORM_EPS,
+            _clamp_value(f_clamp),
+            post_update_norm,
         )
         if uniform:
             dlam, dgam = dlam.sum(), dgam.sum()
@@ -256,6 +291,8 @@ class STPNSequenceCppFunction(torch.autograd.Function):
             db if (has_bias and needs[4]) else None,
             dlam if needs[5] else None,
             dgam if needs[6] else None,
+            None,
+            None,
             None,
             None,
             None,
@@ -276,6 +313,8 @@ def stpn_sequence_cpp(
     normalize: bool,
     return_power: bool,
     seq_lens: torch.Tensor | None = None,
+    f_clamp: float | None = None,
+    post_update_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Drop-in for `stpn_sequence_reference` on the C++ kernel (CPU, float32/float64).
 
@@ -283,13 +322,14 @@ def stpn_sequence_cpp(
     """
     lens = lengths_or_none(seq_lens, x.shape[0], x.shape[1])
     args = (x, h, F, weight, bias, weight_lambda, weight_gamma, lens)
+    variant = (f_clamp, post_update_norm)
     if not needs_autograd(*args[:7]):
         # Sampling path: nothing kept for backward, two F buffers.
         with torch.no_grad():
-            _, _, (out, FT, *_, P) = _kernel_forward(
-                args, recurrent, normalize, return_power, keep=False
+            _, _, (out, FT, *_, P, _) = _kernel_forward(
+                args, recurrent, normalize, return_power, variant, keep=False
             )
         return out, last_hidden(out, h, lens), FT, P.sum(-1) if return_power else None
     return apply_sequence_function(
-        STPNSequenceCppFunction, args, recurrent, normalize, return_power
+        STPNSequenceCppFunction, args, recurrent, normalize, return_power, *variant
     )

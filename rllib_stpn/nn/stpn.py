@@ -10,6 +10,7 @@ from torch import nn
 
 from rllib_stpn.nn.functional import stpn_sequence_reference
 from rllib_stpn.nn.fused import stpn_sequence_fused
+from rllib_stpn.nn.variants import WEIGHT_INITS, check_f_clamp
 
 PLASTICITY_MODES = ("per_synapse", "uniform")
 IMPLEMENTATIONS = {"fused": stpn_sequence_fused, "reference": stpn_sequence_reference}
@@ -42,6 +43,13 @@ class STPN(nn.Module):
         plasticity: "per_synapse" (Λ, Γ of shape (H, D)) or "uniform" (one scalar each).
         normalize: divide each neuron's total efficacy row W + F by its L2 norm every step.
         bias: learn a bias b (H).
+        f_clamp: None, or c > 0 to clamp F to [-c, c] after every update (the authors' code:
+            0.1 for InvertedPendulum, 1.0 for the maze).
+        post_update_norm: update the un-normalised F, then divide it by ||W + F|| per neuron
+            (the authors' maze: plastic_weight_norm time "post"); False updates F / ||W + F||
+            (the paper's Algorithm 1). See docs/fidelity.md, "STPN layer variants".
+        weight_init: "paper" (appendix A.4: W, b ~ U(±1/√H), Γ ~ U(±0.001/√H)) or "input"
+            (the authors' STPNf code: the same with the input size I in place of H).
         implementation: "fused" (default; hand-written backward, one (B, H, D) tensor kept
             per step) or "reference" (plain autograd, the readable version used in tests).
     """
@@ -56,6 +64,9 @@ class STPN(nn.Module):
         normalize: bool = True,
         bias: bool = True,
         implementation: str = "fused",
+        f_clamp: float | None = None,
+        post_update_norm: bool = False,
+        weight_init: str = "paper",
     ) -> None:
         super().__init__()
         if implementation not in IMPLEMENTATIONS:
@@ -70,6 +81,13 @@ class STPN(nn.Module):
         self.recurrent = bool(recurrent)
         self.plasticity = plasticity
         self.normalize = bool(normalize)
+        self.f_clamp = check_f_clamp(f_clamp)
+        if not isinstance(post_update_norm, bool):
+            raise ValueError(f"post_update_norm must be True or False, got {post_update_norm!r}")
+        self.post_update_norm = post_update_norm
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+        self.weight_init = weight_init
         self.synapse_size = self.input_size + (self.hidden_size if self.recurrent else 0)
         H, D = self.hidden_size, self.synapse_size
         stp_shape = (H, D) if plasticity == "per_synapse" else ()
@@ -80,8 +98,9 @@ class STPN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialisation of the paper's appendix A.4."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        """Appendix A.4 of the paper, with the size named by `weight_init` (H or I)."""
+        fan = self.hidden_size if self.weight_init == "paper" else self.input_size
+        bound = 1.0 / math.sqrt(fan)
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
@@ -169,14 +188,31 @@ class STPN(nn.Module):
             normalize=self.normalize,
             return_power=return_power,
             seq_lens=seq_lens,
+            **self._variant_kwargs(),
         )
         if return_power:
             return out, STPNState(h, F), power
         return out, STPNState(h, F)
 
+    def _variant_kwargs(self) -> dict:
+        # Only the options that are on: the default call stays the plain one.
+        kwargs: dict = {}
+        if self.f_clamp is not None:
+            kwargs["f_clamp"] = self.f_clamp
+        if self.post_update_norm:
+            kwargs["post_update_norm"] = True
+        return kwargs
+
     def extra_repr(self) -> str:
+        variants = ""
+        if self.f_clamp is not None:
+            variants += f", f_clamp={self.f_clamp}"
+        if self.post_update_norm:
+            variants += ", post_update_norm=True"
+        if self.weight_init != "paper":
+            variants += f", weight_init={self.weight_init!r}"
         return (
             f"{self.input_size}, {self.hidden_size}, recurrent={self.recurrent}, "
             f"plasticity={self.plasticity!r}, normalize={self.normalize}, "
-            f"bias={self.bias is not None}, implementation={self.implementation!r}"
+            f"bias={self.bias is not None}, implementation={self.implementation!r}{variants}"
         )

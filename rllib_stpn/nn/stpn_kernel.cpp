@@ -20,6 +20,9 @@
 //   Pong size). It and the new F come from a pool of buffers reused once nothing refers to
 //   them, so a steady run faults in no fresh pages at all (see `Pool`).
 // * One step (sampling) reads each row of F once: reduce it, compute its neuron, write it.
+// * The authors' variants (F clamped to [-c, c], normalisation after the update; `Variant`) take
+//   separate instantiations (VAR = true) with plain passes over each row, so the default path's
+//   code is what it was without them.
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
@@ -31,6 +34,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <type_traits>
@@ -80,6 +84,73 @@ inline void reduce_row(const T* __restrict f, const T* __restrict w, const T* __
   s_out = s;
   q_out = q;
   pa_out = pa;
+}
+
+// The authors' variants (derivation in fused.py): U = Λ F a + Γ h zᵀ (a = 1/n, or 1 with `post`),
+// C = clamp(U, -c, c) (c = +inf without the clamp), F' = C / (||W + C|| + eps) with `post`, else C.
+// M receives ||W + C|| per (sample, step, neuron) for the backward.
+template <typename T>
+struct Variant {
+  T clamp;
+  bool post;
+  T* M;
+};
+
+template <typename T>
+inline T clamp_to(T v, T c) {
+  return std::min(std::max(v, -c), c);
+}
+
+// Writes F' of one row; returns ||W + C|| (0 without `post`).
+template <typename T>
+inline T update_row_variant(const T* __restrict f, T* __restrict fd, const T* __restrict w,
+                            const T* __restrict l, const T* __restrict g, const T* __restrict z,
+                            T h, T a, const Variant<T>& var, T eps, int64_t D) {
+  const T c = var.clamp;
+  T q = 0;
+#pragma omp simd reduction(+ : q)
+  for (int64_t j = 0; j < D; ++j) {
+    const T v = clamp_to(l[j] * (f[j] * a) + g[j] * (h * z[j]), c);
+    fd[j] = v;
+    const T gg = w[j] + v;
+    q += gg * gg;
+  }
+  if (!var.post) return T(0);
+  const T r = std::sqrt(q), im = T(1) / (r + eps);
+#pragma omp simd
+  for (int64_t j = 0; j < D; ++j) fd[j] *= im;
+  return r;
+}
+
+// Backward of the variant maps for one row, in place: u = dL/dF' becomes dL/dU (through F' = C/m
+// with `post`, then the clamp's mask, where torch.clamp passes the gradient: -c <= U <= c); the
+// post-normalisation's part of dL/dW goes to dW. rm = ||W + C|| of the forward.
+template <typename T>
+inline void variant_grad_row(const T* __restrict f, T* __restrict u, const T* __restrict w,
+                             const T* __restrict l, const T* __restrict g,
+                             const T* __restrict z, T h, T a, const Variant<T>& var, T rm, T eps,
+                             T* __restrict dW, int64_t D) {
+  const T c = var.clamp;
+  if (!var.post) {
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) {
+      const T U = l[j] * (f[j] * a) + g[j] * (h * z[j]);
+      u[j] = (U >= -c && U <= c) ? u[j] : T(0);
+    }
+    return;
+  }
+  T uc = 0;
+#pragma omp simd reduction(+ : uc)
+  for (int64_t j = 0; j < D; ++j) uc += u[j] * clamp_to(l[j] * (f[j] * a) + g[j] * (h * z[j]), c);
+  const T m = rm + eps, im = T(1) / m;
+  const T k = rm > T(0) ? -uc * im * im / rm : T(0);
+#pragma omp simd
+  for (int64_t j = 0; j < D; ++j) {
+    const T U = l[j] * (f[j] * a) + g[j] * (h * z[j]);
+    const T wc = k * (w[j] + clamp_to(U, c));
+    dW[j] += wc;
+    u[j] = (U >= -c && U <= c) ? u[j] * im + wc : T(0);
+  }
 }
 
 // Sequences are independent, so each thread runs the whole time loop for its own contiguous
@@ -174,10 +245,11 @@ struct FDest {
 // read once instead of twice (fwd_kernel's first step needs all of h before any row is written,
 // because it reduces the next step's rows as it writes). Neurons go in blocks whose parameter
 // rows stay in L2 while every sample's rows stream through.
-template <typename T, bool NORM, bool POW>
+template <typename T, bool NORM, bool POW, bool VAR>
 void fwd_one_step(const T* x, const T* h0, const T* F0, const T* W, const T* bias, const T* L,
                   const T* G, const int64_t* lens, int64_t B, int64_t I, int64_t H, int64_t D,
-                  bool recurrent, T eps, T* FT, T* out, T* S, T* N, T* R, T* P, int nthreads) {
+                  bool recurrent, T eps, const Variant<T>& var, T* FT, T* out, T* S, T* N, T* R,
+                  T* P, int nthreads) {
   std::vector<T> z(B * D);
   const int64_t nb = block_size(H, D, 3, sizeof(T));
 #pragma omp parallel num_threads(nthreads)
@@ -218,19 +290,25 @@ void fwd_one_step(const T* x, const T* h0, const T* F0, const T* W, const T* bia
           S[k] = s;
           if (POW) P[k] = pa / n;
           const T iv = T(1) / n;
+          if constexpr (VAR) {
+            const T a = var.post ? T(1) : iv;
+            const T r = update_row_variant<T>(f, fd, W + i * D, l, g, zb, h, a, var, eps, D);
+            if (var.post) var.M[k] = r;
+          } else {
 #pragma omp simd
-          for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * zb[j]);
+            for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * zb[j]);
+          }
         }
       }
     }
   }
 }
 
-template <typename T, bool NORM, bool POW>
+template <typename T, bool NORM, bool POW, bool VAR>
 void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias, const T* L,
                 const T* G, const int64_t* lens, int64_t B, int64_t Tn, int64_t I, int64_t H,
-                int64_t D, bool recurrent, T eps, const FDest<T>& dst, T* out, T* S, T* N, T* R,
-                T* P, int nthreads) {
+                int64_t D, bool recurrent, T eps, const Variant<T>& var, const FDest<T>& dst,
+                T* out, T* S, T* N, T* R, T* P, int nthreads) {
   std::vector<T> za(B * D), zb(B * D), rs(B * H), rq(B * H, 0), rp(B * H, 0), hh(B * H),
       inv(B * H);
   const int64_t nb = block_size(H, D, 3, sizeof(T));
@@ -292,6 +370,15 @@ void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias,
             T* __restrict fd = Fdst + k * D;
             const T* __restrict z = zc + b * D;
             const T h = hh[k], iv = inv[k];
+            if constexpr (VAR) {
+              const T a = var.post ? T(1) : iv;
+              const T r = update_row_variant<T>(f, fd, w, l, g, z, h, a, var, eps, D);
+              if (var.post) var.M[(b * Tn + t) * H + i] = r;
+              if (t + 1 < len) {
+                reduce_row<T, NORM, POW>(fd, w, zn + b * D, D, rs[k], rq[k], rp[k]);
+              }
+              continue;
+            }
             if (t + 1 >= len) {
 #pragma omp simd
               for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
@@ -334,13 +421,15 @@ void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias,
   }
 }
 
-template <typename T, bool NORM, bool POW>
+template <typename T, bool NORM, bool POW, bool VAR>
 void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, const T* L,
                 const T* G, const T* out, const T* S, const T* N, const T* R, const T* P,
                 const T* g_out, const T* g_h, const T* g_P, T* gF, const int64_t* lens,
-                int64_t B, int64_t Tn,
-                int64_t I, int64_t H, int64_t D, bool recurrent, T* dx, T* dh0, T* dW, T* db,
-                T* dL, T* dG, int nthreads) {
+                int64_t B, int64_t Tn, int64_t I, int64_t H, int64_t D, bool recurrent, T eps,
+                const Variant<T>& var, T* dx, T* dh0, T* dW, T* db, T* dL, T* dG,
+                int nthreads) {
+  // With `post` the update took F itself (a = 1): its terms lose the 1/n and dn its Σ Λ F u.
+  const bool post = VAR && var.post;
   // Per-thread partial sums of dW, dΛ, dΓ (H, D each) and db (H), added up at the end.
   const int64_t per = 3 * H * D + H;
   std::vector<T> acc(static_cast<int64_t>(nthreads) * per, T(0));
@@ -384,6 +473,11 @@ void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, c
             const int64_t k = b * H + i, kt = (b * Tn + t) * H + i;
             const T* __restrict f = F + k * D;
             T* __restrict u = gF + k * D;
+            if constexpr (VAR) {
+              const T a = NORM && !post ? T(1) / N[kt] : T(1);
+              const T rm = post ? var.M[kt] : T(0);
+              variant_grad_row<T>(f, u, w, l, g, zb, out[kt], a, var, rm, eps, dWi, D);
+            }
             T c1 = 0, e = 0;
 #pragma omp simd reduction(+ : c1, e)
             for (int64_t j = 0; j < D; ++j) {
@@ -399,11 +493,11 @@ void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, c
             if (NORM) {
               const T n = N[kt], r = R[kt];
               iv = T(1) / n;
-              T dn = -(c1 + dpre * S[kt]) * iv * iv;
+              T dn = -((post ? T(0) : c1) + dpre * S[kt]) * iv * iv;
               if (POW) dn -= gp * P[kt] * iv;
               kk = r > T(0) ? dn / r : T(0);
             }
-            const T a = dpre * iv, gpn = gp * iv, gpn2 = T(2) * gpn;
+            const T a = dpre * iv, gpn = gp * iv, gpn2 = T(2) * gpn, ivu = post ? T(1) : iv;
 #pragma omp simd
             for (int64_t j = 0; j < D; ++j) {
               const T uj = u[j], fj = f[j], zj = zb[j];
@@ -415,12 +509,12 @@ void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, c
                 dGj += gpn * sg * zj * zj;
               }
               dWi[j] += dGj;
-              dLi[j] += uj * fj * iv;
+              dLi[j] += uj * fj * ivu;
               dGi[j] += uj * h * zj;
               T dzj = g[j] * uj * h + Gj * a;
               if (POW) dzj += gpn2 * zj * std::abs(Gj);
               dzb[j] += dzj;
-              u[j] = l[j] * uj * iv + dGj;
+              u[j] = l[j] * uj * ivu + dGj;
             }
           }
         }
@@ -538,6 +632,21 @@ void release_buffers() {
   if (unreferenced(p.saved)) p.saved = Tensor();
 }
 
+// Calls f(NORM, POW, VAR) with the three flags as compile-time constants (std::bool_constant).
+template <typename Fn>
+void with_flags(bool norm, bool pow, bool var, Fn&& f) {
+  auto third = [&](auto n, auto p) {
+    if (var) f(n, p, std::true_type{});
+    else f(n, p, std::false_type{});
+  };
+  auto second = [&](auto n) {
+    if (pow) third(n, std::true_type{});
+    else third(n, std::false_type{});
+  };
+  if (norm) second(std::true_type{});
+  else second(std::false_type{});
+}
+
 template <typename T>
 const T* ptr_or_null(const Tensor& t) {
   return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
@@ -563,7 +672,8 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
                                  const Tensor& W_, const std::optional<Tensor>& bias_,
                                  const Tensor& L_, const Tensor& G_,
                                  const std::optional<Tensor>& lens_, bool recurrent,
-                                 bool normalize, bool power, bool keep, double eps) {
+                                 bool normalize, bool power, bool keep, double eps,
+                                 double clamp, bool post) {
   const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), F0 = F0_.contiguous();
   const Tensor W = W_.contiguous(), L = L_.contiguous(), G = G_.contiguous();
   const Tensor bias = opt_contig(bias_), lens = opt_contig(lens_);
@@ -574,6 +684,8 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
   Tensor N = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
   Tensor R = normalize ? uninit({B, Tn, H}, o) : uninit({0}, o);
   Tensor P = power ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  Tensor M = post ? uninit({B, Tn, H}, o) : uninit({0}, o);
+  const bool var = post || clamp < std::numeric_limits<double>::infinity();
   Tensor FT = pooled_output({B, H, D}, o);
   Tensor Fs = (keep && Tn > 1) ? pooled_saved_states({Tn - 1, B, H, D}, o) : uninit({0}, o);
   Tensor spare = (!keep && Tn > 1) ? pooled_output({B, H, D}, o) : uninit({0}, o);
@@ -582,48 +694,48 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
     using T = scalar_t;
     const FDest<T> dst{FT.data_ptr<T>(), keep && Tn > 1 ? Fs.data_ptr<T>() : nullptr,
                        !keep && Tn > 1 ? spare.data_ptr<T>() : nullptr, B * H * D, keep};
-    auto run = [&](auto kernel) {
-      kernel(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(), W.data_ptr<T>(),
-             ptr_or_null<T>(bias), L.data_ptr<T>(), G.data_ptr<T>(), len, B, Tn, I, H, D,
-             recurrent, static_cast<T>(eps), dst, out.data_ptr<T>(), S.data_ptr<T>(),
-             const_cast<T*>(ptr_or_null<T>(N)), const_cast<T*>(ptr_or_null<T>(R)),
-             const_cast<T*>(ptr_or_null<T>(P)), nt);
-    };
-    if (Tn == 1) {
-      auto step = [&](auto kernel) {
-        kernel(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(), W.data_ptr<T>(),
-               ptr_or_null<T>(bias), L.data_ptr<T>(), G.data_ptr<T>(), len, B, I, H, D,
-               recurrent, static_cast<T>(eps), FT.data_ptr<T>(), out.data_ptr<T>(),
-               S.data_ptr<T>(), const_cast<T*>(ptr_or_null<T>(N)),
-               const_cast<T*>(ptr_or_null<T>(R)), const_cast<T*>(ptr_or_null<T>(P)), nt);
-      };
-      if (normalize && power) step(fwd_one_step<T, true, true>);
-      else if (normalize) step(fwd_one_step<T, true, false>);
-      else if (power) step(fwd_one_step<T, false, true>);
-      else step(fwd_one_step<T, false, false>);
-      return;
-    }
-    if (normalize && power) run(fwd_kernel<T, true, true>);
-    else if (normalize) run(fwd_kernel<T, true, false>);
-    else if (power) run(fwd_kernel<T, false, true>);
-    else run(fwd_kernel<T, false, false>);
+    const Variant<T> variant{static_cast<T>(clamp), post, const_cast<T*>(ptr_or_null<T>(M))};
+    with_flags(normalize, power, var, [&](auto NORM, auto POW, auto VAR) {
+      constexpr bool n = decltype(NORM)::value, p = decltype(POW)::value;
+      constexpr bool v = decltype(VAR)::value;
+      if (Tn == 1) {
+        fwd_one_step<T, n, p, v>(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(),
+                                 W.data_ptr<T>(), ptr_or_null<T>(bias), L.data_ptr<T>(),
+                                 G.data_ptr<T>(), len, B, I, H, D, recurrent,
+                                 static_cast<T>(eps), variant, FT.data_ptr<T>(),
+                                 out.data_ptr<T>(), S.data_ptr<T>(),
+                                 const_cast<T*>(ptr_or_null<T>(N)),
+                                 const_cast<T*>(ptr_or_null<T>(R)),
+                                 const_cast<T*>(ptr_or_null<T>(P)), nt);
+        return;
+      }
+      fwd_kernel<T, n, p, v>(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(),
+                             W.data_ptr<T>(), ptr_or_null<T>(bias), L.data_ptr<T>(),
+                             G.data_ptr<T>(), len, B, Tn, I, H, D, recurrent,
+                             static_cast<T>(eps), variant, dst, out.data_ptr<T>(),
+                             S.data_ptr<T>(), const_cast<T*>(ptr_or_null<T>(N)),
+                             const_cast<T*>(ptr_or_null<T>(R)),
+                             const_cast<T*>(ptr_or_null<T>(P)), nt);
+    });
   });
-  return {out, FT, Fs, S, N, R, P};
+  return {out, FT, Fs, S, N, R, P, M};
 }
 
 std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Tensor& F0_,
                                   const Tensor& Fs_, const Tensor& W_, const Tensor& L_,
                                   const Tensor& G_, const Tensor& out_, const Tensor& S_,
                                   const Tensor& N_, const Tensor& R_, const Tensor& P_,
-                                  const std::optional<Tensor>& g_out_,
+                                  const Tensor& M_, const std::optional<Tensor>& g_out_,
                                   const std::optional<Tensor>& g_h_,
                                   const std::optional<Tensor>& g_P_, Tensor& gF,
                                   const std::optional<Tensor>& lens_, bool recurrent,
-                                  bool normalize) {
+                                  bool normalize, double eps, double clamp, bool post) {
   const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), F0 = F0_.contiguous();
   const Tensor Fs = Fs_.contiguous(), W = W_.contiguous(), L = L_.contiguous();
   const Tensor G = G_.contiguous(), out = out_.contiguous(), S = S_.contiguous();
   const Tensor N = N_.contiguous(), R = R_.contiguous(), P = P_.contiguous();
+  const Tensor M = M_.contiguous();
+  const bool var = post || clamp < std::numeric_limits<double>::infinity();
   const Tensor g_out = opt_contig(g_out_), g_h = opt_contig(g_h_), g_P = opt_contig(g_P_);
   const Tensor lens = opt_contig(lens_);
   TORCH_CHECK(gF.is_contiguous(), "stpn_backward: gF must be contiguous");
@@ -636,18 +748,17 @@ std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Ten
   const int nt = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_backward", [&] {
     using T = scalar_t;
-    auto run = [&](auto kernel) {
-      kernel(x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(), ptr_or_null<T>(Fs),
-             W.data_ptr<T>(), L.data_ptr<T>(), G.data_ptr<T>(), out.data_ptr<T>(),
-             S.data_ptr<T>(), ptr_or_null<T>(N), ptr_or_null<T>(R), ptr_or_null<T>(P),
-             ptr_or_null<T>(g_out), ptr_or_null<T>(g_h), ptr_or_null<T>(g_P), gF.data_ptr<T>(),
-             len, B, Tn, I, H, D, recurrent, dx.data_ptr<T>(), dh0.data_ptr<T>(),
-             dW.data_ptr<T>(), db.data_ptr<T>(), dL.data_ptr<T>(), dG.data_ptr<T>(), nt);
-    };
-    if (normalize && power) run(bwd_kernel<T, true, true>);
-    else if (normalize) run(bwd_kernel<T, true, false>);
-    else if (power) run(bwd_kernel<T, false, true>);
-    else run(bwd_kernel<T, false, false>);
+    const Variant<T> variant{static_cast<T>(clamp), post, const_cast<T*>(ptr_or_null<T>(M))};
+    with_flags(normalize, power, var, [&](auto NORM, auto POW, auto VAR) {
+      bwd_kernel<T, decltype(NORM)::value, decltype(POW)::value, decltype(VAR)::value>(
+          x.data_ptr<T>(), h0.data_ptr<T>(), F0.data_ptr<T>(), ptr_or_null<T>(Fs),
+          W.data_ptr<T>(), L.data_ptr<T>(), G.data_ptr<T>(), out.data_ptr<T>(),
+          S.data_ptr<T>(), ptr_or_null<T>(N), ptr_or_null<T>(R), ptr_or_null<T>(P),
+          ptr_or_null<T>(g_out), ptr_or_null<T>(g_h), ptr_or_null<T>(g_P), gF.data_ptr<T>(),
+          len, B, Tn, I, H, D, recurrent, static_cast<T>(eps), variant, dx.data_ptr<T>(),
+          dh0.data_ptr<T>(), dW.data_ptr<T>(), db.data_ptr<T>(), dL.data_ptr<T>(),
+          dG.data_ptr<T>(), nt);
+    });
   });
   return {dx, dh0, dW, db, dL, dG};
 }
@@ -659,10 +770,11 @@ std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Ten
 TORCH_LIBRARY(STPN_NAMESPACE, m) {
   m.def("forward(Tensor x, Tensor h0, Tensor F0, Tensor W, Tensor? bias, Tensor lam, "
         "Tensor gam, Tensor? lens, bool recurrent, bool normalize, bool power, bool keep, "
-        "float eps) -> Tensor[]", &stpn_forward);
+        "float eps, float clamp, bool post) -> Tensor[]", &stpn_forward);
   m.def("backward(Tensor x, Tensor h0, Tensor F0, Tensor Fs, Tensor W, Tensor lam, "
-        "Tensor gam, Tensor out, Tensor S, Tensor N, Tensor R, Tensor P, Tensor? g_out, "
-        "Tensor? g_h, Tensor? g_P, Tensor(a!) gF, Tensor? lens, bool recurrent, "
-        "bool normalize) -> Tensor[]", &stpn_backward);
+        "Tensor gam, Tensor out, Tensor S, Tensor N, Tensor R, Tensor P, Tensor M, "
+        "Tensor? g_out, Tensor? g_h, Tensor? g_P, Tensor(a!) gF, Tensor? lens, "
+        "bool recurrent, bool normalize, float eps, float clamp, bool post) -> Tensor[]",
+        &stpn_backward);
   m.def("release() -> ()", &release_buffers);
 }
