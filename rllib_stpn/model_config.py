@@ -11,7 +11,7 @@ from rllib_stpn.nn.stpn import PLASTICITY_MODES
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "rnn", "mlp" (no memory), or a
     # plastic baseline: "fastweights", "modplast", "hebbff", "plastic_hebbian",
-    # "plastic_gradient" (rllib_stpn/nn/plastic.py).
+    # "plastic_gradient" (rllib_stpn/nn/plastic/, docs/fidelity.md).
     "core": "stpn",
     # Neurons of the core (H).
     "hidden_size": 64,
@@ -117,11 +117,14 @@ def count_parameters(
     elif core == "modplast":
         n = H * I + 2 * H * H + 2 * H + 1  # W_in, bias, W, α, neuromodulator w_m and b_m
     elif core == "hebbff":
-        n = H * I + H + 2  # W, bias, scalar λ (as its logit) and η
-    else:  # plastic_hebbian, plastic_gradient: W, bias, η unit (w_η, b_η), retention logit
-        n = H * (I + H) + 2 * H + 2
-        if core == "plastic_gradient":
-            n += I * H + I  # the inner loss's decoder R, r
+        n = H * I + H + 2  # W, bias, λ (as its logit) and η (as log(-η))
+    else:  # plastic_hebbian, plastic_gradient (PlasticRNN with its 4 extra read-out units)
+        O = H + 4 + 1  # out_fc: H task units, 4 extra units, the modulatory unit
+        weights, biases = H * I + 2 * H * H + O * H, H + 2 * H + O  # in_fc, RNN cell, out_fc
+        if core == "plastic_hebbian":  # a learned rate per plastic weight
+            n = 2 * weights + biases
+        else:  # biases plastic too, a rate for each, and the inner loss's weights ω
+            n = 2 * (weights + biases) + O
     if num_outputs is not None:
         n += (H + 1) * (_positive_int("num_outputs", num_outputs) + 1)
     return n

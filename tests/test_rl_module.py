@@ -46,13 +46,11 @@ def batched_state(module: STPNModel, B: int) -> dict[str, torch.Tensor]:
 
 
 def randomize_plasticity(module: STPNModel) -> None:
-    # Γ is initialised ~1e-3 (HebbFF's η at 0): make the synaptic memory matter so that state
-    # handling errors would show.
+    # Γ is initialised ~1e-3: make the synaptic memory matter so that state handling errors
+    # would show.
     for name, p in module.named_parameters():
         if "weight_gamma" in name:
             torch.nn.init.uniform_(p, -0.5, 0.5)
-        if name == "core.layer.eta":
-            torch.nn.init.constant_(p, 0.5)
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -68,8 +66,9 @@ def test_state_layout_and_shapes(core):
         "fastweights": {"h": (H,), "A": (H * H,)},
         "modplast": {"h": (H,), "Hebb": (H * H,)},
         "hebbff": {"A": (H * I,)},
-        "plastic_hebbian": {"h": (H,), "P": (H * (I + H),)},
-        "plastic_gradient": {"h": (H,), "P": (H * (I + H),)},
+        # PlasticRNN: in_fc, cell and out_fc (H + 5 units) weights; + biases for "gradient"
+        "plastic_hebbian": {"h": (H,), "P": (H * I + 2 * H * H + (H + 5) * H,)},
+        "plastic_gradient": {"h": (H,), "P": (H * I + 2 * H * H + (H + 5) * (H + 1) + 3 * H,)},
     }[core]
     state = m.get_initial_state()
     assert {k: v.shape for k, v in state.items()} == expected
