@@ -15,7 +15,7 @@ from rllib_stpn.nn.variants import WEIGHT_INITS
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "rnn", "mlp" (no memory), or a
     # plastic baseline: "fastweights", "modplast", "hebbff", "plastic_hebbian",
-    # "plastic_gradient" (rllib_stpn/nn/plastic.py).
+    # "plastic_gradient" (rllib_stpn/nn/plastic/, docs/fidelity.md).
     "core": "stpn",
     # Neurons of the core (H).
     "hidden_size": 64,

@@ -59,8 +59,8 @@ def test_same_outputs_as_rl_module(core):
         "fastweights": [(H,), (H * H,)],
         "modplast": [(H,), (H * H,)],
         "hebbff": [(H * 3,)],
-        "plastic_hebbian": [(H,), (H * (3 + H),)],
-        "plastic_gradient": [(H,), (H * (3 + H),)],
+        "plastic_hebbian": [(H,), (H * 3 + 2 * H * H + (H + 5) * H,)],
+        "plastic_gradient": [(H,), (H * 3 + 2 * H * H + (H + 5) * (H + 1) + 3 * H,)],
     }[core]
     assert [tuple(s.shape) for s in state0] == expected_shapes
     B, T = 3, 4

@@ -1,4 +1,5 @@
-"""The plastic baseline cores: equations, states, gradients, sizes, RLlib models, learning."""
+"""The comparison cores: their sources' equations, states, initialisations, gradients, sizes,
+RLlib models and learning."""
 
 from __future__ import annotations
 
@@ -22,34 +23,36 @@ from rllib_stpn.nn.plastic import (
     HebbFFState,
     ModPlastRNN,
     PlasticRNN,
+    PlasticRNNState,
 )
 from rllib_stpn.rl_module import SYNAPTIC_POWER, STPNModel
 
 PLASTIC = ("fastweights", "modplast", "hebbff", "plastic_hebbian", "plastic_gradient")
+
+
+def plastic_size(rule: str, I: int, H: int) -> int:
+    """PlasticRNN's plastic parts: in_fc, the cell and out_fc (H + 4 + 1 units) weights, and
+    for the gradient rule their biases (the cell has two: i_fc's and h_fc's)."""
+    O = H + 5
+    weights = H * I + 2 * H * H + O * H
+    return weights if rule == "hebbian" else weights + 3 * H + O
+
+
 STATE_SHAPES = {  # per sample, for I inputs and H neurons
     "fastweights": lambda I, H: {"h": (H,), "A": (H * H,)},
     "modplast": lambda I, H: {"h": (H,), "Hebb": (H * H,)},
     "hebbff": lambda I, H: {"A": (H * I,)},
-    "plastic_hebbian": lambda I, H: {"h": (H,), "P": (H * (I + H),)},
-    "plastic_gradient": lambda I, H: {"h": (H,), "P": (H * (I + H),)},
+    "plastic_hebbian": lambda I, H: {"h": (H,), "P": (plastic_size("hebbian", I, H),)},
+    "plastic_gradient": lambda I, H: {"h": (H,), "P": (plastic_size("gradient", I, H),)},
 }
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def strengthen(layer: torch.nn.Module) -> None:
-    """Make the plastic part matter within a few steps (HebbFF's η starts at 0)."""
-    if isinstance(layer, HebbFF):
-        with torch.no_grad():
-            layer.eta.fill_(0.7)
-
-
 def make_core(core: str, I: int = 3, H: int = 4, seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
-    c = build_core(core, I, H).to(dtype)
-    strengthen(c.layer)
-    return c
+    return build_core(core, I, H).to(dtype)
 
 
 def random_state(core, B: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -167,26 +170,97 @@ def test_gradient_rule_without_grad_and_in_inference_mode():
     torch.testing.assert_close(n["P"], new["P"].detach())
 
 
-def test_plastic_rule_update_is_clipped():
+@pytest.mark.parametrize("rule", ["hebbian", "gradient"])
+def test_plastic_rule_update_is_clipped_and_modulated(rule):
+    # From P = 0 with every rate Λ = 1: P_1 = 0.1 g s Δ, so ||P_1|| = 0.1 g min(||Δ||, c).
     torch.manual_seed(5)
-    layer = PlasticRNN(3, 4, rule="hebbian", clip=0.1)
+    layer = PlasticRNN(3, 4, rule=rule, clip=0.01)
     with torch.no_grad():
-        layer.retention_logit.fill_(-30.0)  # λ ~ 0: P_1 is the clipped update alone
-        layer.lr_bias.fill_(30.0)  # η = tanh(large) ~ 1
-        layer.lr_weight.zero_()
-        _, state = layer(10 * torch.randn(2, 1, 3))
-    norms = torch.linalg.vector_norm(state.P, dim=(1, 2))
-    torch.testing.assert_close(norms, torch.full((2,), 0.1))
+        for p in layer.rate.values():
+            p.fill_(1.0)
+        layer.out_weight[-1].zero_()
+        for m, gate in ((0.0, 1.0), (30.0, 2.0), (-30.0, 0.0)):  # g = 2σ(m)
+            layer.out_bias[-1] = m
+            _, state = layer(3 + torch.rand(2, 1, 3))
+            norms = torch.linalg.vector_norm(state.P, dim=1)
+            torch.testing.assert_close(norms, torch.full((2,), 0.1 * gate * 0.01))
+        # Decay by the same gate: P_1 = (1 - 0.1 g) P_0 when Λ = 0 (here g = 2).
+        for p in layer.rate.values():
+            p.zero_()
+        layer.out_bias[-1] = 30.0
+        P0 = torch.rand(2, layer.state_shapes()["P"][0])
+        _, state = layer(torch.rand(2, 1, 3), PlasticRNNState(torch.zeros(2, 4), P0))
+        torch.testing.assert_close(state.P, 0.8 * P0)
+
+
+def test_initialisations_follow_the_sources():
+    I, H = 7, 20
+    fw = FastWeightsRNN(I, H)
+    assert (fw.decay, fw.fast_lr) == (0.9, 0.5)  # ART_FW config
+    for name, p in fw.named_parameters():  # init_weights: everything, LN too, U(±1/√H)
+        assert p.abs().max() <= 1 / math.sqrt(H) and p.std() > 0.1 / math.sqrt(H), name
+    mp = ModPlastRNN(I, H)
+    for p in (mp.weight_hh, mp.alpha):  # 0.01 * U(0, 1)
+        assert p.min() >= 0 and p.max() <= 0.01 and p.mean() > 0.003
+    assert mp.weight_ih.abs().max() <= 1 / math.sqrt(I) and mp.weight_ih.std() > 0.1
+    hb = HebbFF(I, H)
+    torch.testing.assert_close(hb.retention.detach(), torch.tensor(0.99))
+    torch.testing.assert_close(hb.eta.detach(), torch.tensor(-5.0 / H))
+    assert hb.weight.abs().max() <= 1 / math.sqrt(I) and hb.weight.std() > 0.1
+    for rule in ("hebbian", "gradient"):
+        pr = PlasticRNN(I, H, rule=rule)
+        assert pr.out_features == H + 5
+        for name, p in pr.rate.items():  # signed per-synapse rates U(-1, 1)
+            assert p.shape == getattr(pr, name).shape
+            assert p.abs().max() <= 1 and p.min() < -0.5 and p.max() > 0.5, name
+        for name in ("in_weight", "rec_weight", "rec_bias"):  # 1/√fan_out
+            assert getattr(pr, name).abs().max() <= 1 / math.sqrt(H), name
+        assert pr.out_weight.abs().max() <= 1 / math.sqrt(H + 5)
+        assert set(pr.plastic_shapes()) >= {"in_weight", "rec_weight", "out_weight"}
+    torch.testing.assert_close(pr.loss_weight.detach(), torch.ones(H + 5))
+
+
+def test_plastic_rnn_units_are_relu_and_output_is_the_readout():
+    torch.manual_seed(8)
+    layer = PlasticRNN(3, 4, rule="gradient")
+    x = torch.randn(2, 6, 3)
+    out, state = layer(x)
+    assert (state.h >= 0).all() and (state.h == 0).any()  # ReLU units
+    assert (out < 0).any()  # the linear read-out's task units, not the ReLU hidden state
+    with torch.no_grad():
+        layer.out_weight.zero_()
+        layer.out_bias[:4] = torch.tensor([1.0, -2.0, 3.0, 4.0])
+        layer.rate["out_weight"].zero_()
+        layer.rate["out_bias"].zero_()
+        torch.testing.assert_close(layer(x)[0], layer.out_bias[:4].expand(2, 6, 4))
+
+
+def test_gradient_rule_is_the_inner_loss_gradient_times_rates():
+    # One step from P = 0 with the clip out of reach: P_1 = 0.1 g Λ ⊙ ∂L/∂P (ascent when Λ > 0).
+    torch.manual_seed(9)
+    layer = PlasticRNN(3, 4, rule="gradient", clip=1e6).double()
+    x, h0 = torch.randn(1, 3, dtype=torch.float64), torch.rand(1, 4, dtype=torch.float64)
+    P0 = torch.zeros(1, layer.state_shapes()["P"][0], dtype=torch.float64, requires_grad=True)
+    e = layer._effective(P0)
+    u = torch.relu(e["in_weight"][0] @ x[0] + e["in_bias"][0])
+    h = torch.relu(e["rec_weight"][0] @ torch.cat([u, h0[0]]) + e["rec_bias"][0].sum(0))
+    y = e["out_weight"][0] @ h + e["out_bias"][0]
+    loss = F.mse_loss(layer.loss_weight * y, torch.zeros_like(y))
+    (grad,) = torch.autograd.grad(loss, P0)
+    rates = torch.cat([layer.rate[n].reshape(-1) for n in layer.plastic_names])
+    with torch.no_grad():
+        _, state = layer(x.unsqueeze(1), PlasticRNNState(h0, P0.detach()))
+        gate = 2 * torch.sigmoid(y[-1])
+        torch.testing.assert_close(state.P, 0.1 * gate * rates * grad)
 
 
 def test_fast_weights_constants_and_rule():
     layer = FastWeightsRNN(2, 3)
-    assert (layer.decay, layer.fast_lr) == (0.95, 0.5)
     assert not any("decay" in n or "lr" in n for n, _ in layer.named_parameters())
     h = torch.tensor([[0.5, -0.2, 0.1]])
     A0 = torch.ones(1, 3, 3)
     _, state = layer(torch.zeros(1, 1, 2), FastWeightsState(h, A0))
-    torch.testing.assert_close(state.A, 0.95 * A0 + 0.5 * torch.outer(h[0], h[0]))
+    torch.testing.assert_close(state.A, 0.9 * A0 + 0.5 * torch.outer(h[0], h[0]))
 
 
 def test_hebbff_retention_in_unit_interval_and_sigmoid_units():
@@ -194,6 +268,9 @@ def test_hebbff_retention_in_unit_interval_and_sigmoid_units():
     with torch.no_grad():
         layer.retention_logit.fill_(50.0)
     assert 0 < layer.retention.item() <= 1
+    with torch.no_grad():
+        layer.log_neg_eta.fill_(30.0)
+    assert layer.eta.item() < 0  # anti-Hebbian whatever the parameter
     out, state = layer(100 * torch.randn(2, 4, 3), HebbFFState(torch.zeros(2, 4, 3)))
     assert (out >= 0).all() and (out <= 1).all()
     assert torch.isfinite(state.A).all()
@@ -264,6 +341,9 @@ def test_bad_arguments_raise_one_line_value_errors():
         (lambda: HebbFF(3, 2.5), "hidden_size must be a positive int, got 2.5"),
         (lambda: PlasticRNN(3, 4, rule="oja"), r"rule must be one of \('hebbian', 'gradient'\)"),
         (lambda: PlasticRNN(3, 4, clip=0), "clip must be a finite number in"),
+        (lambda: PlasticRNN(3, 4, plastic_lr=-1), "plastic_lr must be a finite number in"),
+        (lambda: PlasticRNN(3, 4, plastic_decay=0.6), r"plastic_decay .* \[0.0, 0.5\]"),
+        (lambda: PlasticRNN(3, 4, extra_outputs=-1), "extra_outputs must be an int >= 0"),
         (lambda: FastWeightsRNN(3, 4, decay=1.5), r"decay must be a finite number in \[0.0, 1.0\]"),
         (lambda: FastWeightsRNN(3, 4, fast_lr=math.nan), "fast_lr must be a finite number"),
         (lambda: build_core("hebbian", 3, 4), "core must be one of"),
@@ -271,6 +351,7 @@ def test_bad_arguments_raise_one_line_value_errors():
     layer = ModPlastRNN(3, 4)
     core = build_core("plastic_gradient", 3, 4)
     good = {k: torch.zeros(2, *s) for k, s in core.state_shapes().items()}
+    n = core.state_shapes()["P"][0]
     cases += [
         (lambda: layer(torch.randn(2, 5, 2)), "x has 2 features .* expected input_size=3"),
         (lambda: layer(torch.randn(5, 3)), r"x must have shape \(batch, time, 3\), got \(5, 3\)"),
@@ -282,8 +363,8 @@ def test_bad_arguments_raise_one_line_value_errors():
         (lambda: layer(torch.randn(2, 5, 3), torch.zeros(2, 4)), "state must be ModPlastState"),
         (lambda: core(torch.randn(2, 5, 4), good), "x has 4 features"),
         (
-            lambda: core(torch.randn(2, 5, 3), {**good, "P": torch.zeros(2, 27)}),
-            r"state\['P'\] has shape \(2, 27\), expected \(2, 28\)",
+            lambda: core(torch.randn(2, 5, 3), {**good, "P": torch.zeros(2, n - 1)}),
+            rf"state\['P'\] has shape \(2, {n - 1}\), expected \(2, {n}\)",
         ),
         (lambda: core(torch.randn(2, 5, 3), {"h": good["h"]}), "state has keys"),
     ]

@@ -48,13 +48,11 @@ def batched_state(module: STPNModel, B: int) -> dict[str, torch.Tensor]:
 
 
 def randomize_plasticity(module: STPNModel) -> None:
-    # Γ is initialised ~1e-3 (HebbFF's η at 0): make the synaptic memory matter so that state
-    # handling errors would show.
+    # Γ is initialised ~1e-3: make the synaptic memory matter so that state handling errors
+    # would show.
     for name, p in module.named_parameters():
         if "weight_gamma" in name:
             torch.nn.init.uniform_(p, -0.5, 0.5)
-        if name == "core.layer.eta":
-            torch.nn.init.constant_(p, 0.5)
 
 
 @pytest.mark.parametrize("core", CORES)
@@ -70,8 +68,9 @@ def test_state_layout_and_shapes(core):
         "fastweights": {"h": (H,), "A": (H * H,)},
         "modplast": {"h": (H,), "Hebb": (H * H,)},
         "hebbff": {"A": (H * I,)},
-        "plastic_hebbian": {"h": (H,), "P": (H * (I + H),)},
-        "plastic_gradient": {"h": (H,), "P": (H * (I + H),)},
+        # PlasticRNN: in_fc, cell and out_fc (H + 5 units) weights; + biases for "gradient"
+        "plastic_hebbian": {"h": (H,), "P": (H * I + 2 * H * H + (H + 5) * H,)},
+        "plastic_gradient": {"h": (H,), "P": (H * I + 2 * H * H + (H + 5) * (H + 1) + 3 * H,)},
     }[core]
     state = m.get_initial_state()
     assert {k: v.shape for k, v in state.items()} == expected
@@ -313,6 +312,14 @@ def test_core_counts_follow_the_formulas_and_the_model_count_adds_the_encoder():
     assert count_core_parameters("lstm", I, H, num_outputs=n_out) == 4 * H * (I + H) + 8 * H + heads
     assert count_core_parameters("rnn", I, H) == H * (I + H) + 2 * H
     assert count_core_parameters("mlp", I, H) == H * I + H
+    assert count_core_parameters("fastweights", I, H) == H * (I + H) + 3 * H
+    assert count_core_parameters("modplast", I, H) == H * I + 2 * H * H + 2 * H + 1
+    assert count_core_parameters("hebbff", I, H) == H * I + H + 2
+    # PlasticRNN: in_fc, the RNN cell and out_fc (H task units, 4 extra units, 1 modulatory).
+    O = H + 5
+    weights, biases = H * I + 2 * H * H + O * H, H + 2 * H + O
+    assert count_core_parameters("plastic_hebbian", I, H) == 2 * weights + biases
+    assert count_core_parameters("plastic_gradient", I, H) == 2 * (weights + biases) + O
     # The whole model: the CNN encoder's 2 conv layers on top of the core and heads.
     cfg = {"core": "lstm", "hidden_size": H}
     m = make("lstm", IMG_OBS)

@@ -73,9 +73,6 @@ def sample_and_learner_batch(
     config = make_config(core, rollout=rollout, algo=algo, compact=compact)
     torch.manual_seed(0)
     runner = SingleAgentEnvRunner(config=config)
-    if core == "hebbff":  # its plastic rate starts at 0, which would leave its state at zero
-        with torch.no_grad():
-            runner.module.core.layer.eta.fill_(-0.5)
     learner_connector = config.build_learner_connector(
         runner.env.single_observation_space, runner.env.single_action_space
     )

@@ -261,7 +261,10 @@ class HebbFFCore(PlasticLayerCore):
 
 
 class PlasticRNNCore(PlasticLayerCore):
-    """Duan et al. 2023 PlasticRNN, `rule` "hebbian" or "gradient"; state {"h", "P": (H*(I+H),)}."""
+    """Duan et al. 2023 PlasticRNN, `rule` "hebbian" or "gradient"; state {"h": (H,), "P"}.
+
+    P holds every plastic part (in_fc, the RNN cell and the read-out, see `PlasticRNN`) flat.
+    """
 
     layer_class = PlasticRNN
     compact_state_keys = ("P",)
