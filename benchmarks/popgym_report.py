@@ -181,7 +181,10 @@ def write_report(out: Path, page: Path | None = None) -> Path:
             params = rs[0]["settings"]["core_and_head_params"]
             L.append(f"| {e} | {core} | {params:,} | {_fmt(final, len(rs))} | {wall:.0f} |")
     total = sum(r["wall_s"] for r in runs)
-    L += ["", f"Sum of the run wall times: {total:,.0f} s over {len(runs)} run(s).", ""]
+    L += ["", f"Sum of the run wall times: {total:,.0f} s over {len(runs)} run(s)."]
+    if not full and runs:
+        L += ["", _projection(runs, cores)]
+    L.append("")
     if curves:
         L += ["## Training curves", ""]
         L += [f"![{e}]({rel}/{curves[e]})" for e in envs if e in curves]
@@ -195,6 +198,27 @@ def write_report(out: Path, page: Path | None = None) -> Path:
     L += [""] + _published()
     page.write_text("\n".join(L) + "\n")
     return page
+
+
+def _projection(runs: list[dict[str, Any]], cores: list[str]) -> str:
+    """The full suite's time at the throughput these runs measured (one line)."""
+    from benchmarks.popgym_suite import DEFAULT_SEEDS, STEPS_PER_BUDGET, SUITE_ENVS
+
+    per_core = {
+        c: statistics.fmean(
+            r["wall_s"] / r["settings"]["env_steps"] for r in runs if r["settings"]["core"] == c
+        )
+        for c in cores
+    }
+    runs_per_core = len(SUITE_ENVS) * DEFAULT_SEEDS
+    hours = sum(s * STEPS_PER_BUDGET * runs_per_core for s in per_core.values()) / 3600
+    rates = ", ".join(f"{c} {1 / s:,.0f}" for c, s in per_core.items())
+    return (
+        f"Throughput of these runs, env steps per wall second including set-up: {rates}. At "
+        f"those rates the full suite's runs of these {len(cores)} core(s) alone would take "
+        f"{hours:.1f} h of run time (divide by the parallel `--jobs`); the other cores are not "
+        "measured here, and the rates were taken while other jobs shared the machine."
+    )
 
 
 def _core_order(core: str) -> int:
@@ -213,6 +237,17 @@ def _protocol(steps: list[int]) -> list[str]:
         "baselines are pinned to Ray 2.3's old API stack; here the envs run through "
         "`popgym/<Task>-v0` ids (`pip install 'rllib-stpn[popgym]'`, popgym 1.0.7) and every "
         "memory core of this package trains with RLlib's new-stack PPO.",
+        "",
+        "```python",
+        "import gymnasium as gym",
+        "import rllib_stpn.envs  # registers the ids (rllib_stpn.register() also does, for Tune)",
+        "",
+        'env = gym.make("popgym/RepeatPreviousEasy-v0")  # or previous_action=False',
+        "```",
+        "",
+        "In YAML: `env: popgym/RepeatPreviousEasy-v0` (tuned_examples/popgym-ppo-*.yaml, "
+        "`rllib train file tuned_examples/popgym-ppo-stpn.yaml`). All 48 ids of POPGym 1.0.7 "
+        "are registered; the six Labyrinth ones also need `pip install 'popgym[navigation]'`.",
         "",
         "## Protocol",
         "",
@@ -236,9 +271,11 @@ def _protocol(steps: list[int]) -> list[str]:
         "(`POPGYM_STEPS` default in popgym/baselines/ppo.py), 100x the full suite's 150,000: "
         "our numbers are early-training numbers and are not expected to reach theirs.",
         "- **Normalisation and MMER**: a run's max-mean episodic return (the highest mean "
-        "episodic return over its training iterations) is mapped to [0, 1] by the env's "
-        f"return range, read from POPGym 1.0.7's reward scales ({ranges}); MMER is the mean "
-        "of the normalised scores over the envs.",
+        "episodic return over its training iterations, POPGym's MMER per run) is mapped to "
+        f"[0, 1] by the env's return range, read from POPGym 1.0.7's reward scales ({ranges}); "
+        "a core's MMER is the mean of its normalised scores over the envs. This follows the "
+        "metric's name and POPGym's code; the paper's own wording could not be checked from "
+        "this machine.",
         "",
     ]
 

@@ -206,3 +206,16 @@ def test_without_the_extra_is_one_line(monkeypatch):
             "popgym/RepeatPreviousEasy-v0 needs the 'popgym' extra (popgym is not installed): "
             "pip install 'rllib-stpn[popgym]'"
         )
+
+
+def test_yaml_without_the_extra_is_one_line(monkeypatch, capsys):
+    from pathlib import Path
+
+    from rllib_stpn import cli
+
+    monkeypatch.setitem(sys.modules, "popgym", None)
+    yaml = Path(__file__).resolve().parents[1] / "tuned_examples" / "popgym-ppo-gru.yaml"
+    assert cli.main(["train", "file", str(yaml)]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("rllib: error: env 'popgym/RepeatPreviousEasy-v0' cannot be created")
+    assert last.endswith("pip install 'rllib-stpn[popgym]'")
