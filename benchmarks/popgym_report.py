@@ -181,10 +181,20 @@ def write_report(out: Path, page: Path | None = None) -> Path:
             params = rs[0]["settings"]["core_and_head_params"]
             L.append(f"| {e} | {core} | {params:,} | {_fmt(final, len(rs))} | {wall:.0f} |")
     total = sum(r["wall_s"] for r in runs)
-    L += ["", f"Sum of the run wall times: {total:,.0f} s over {len(runs)} run(s)."]
-    if not full and runs:
-        L += ["", _projection(runs, cores)]
-    L.append("")
+    L += ["", f"Sum of the run wall times: {total:,.0f} s over {len(runs)} run(s).", ""]
+    if runs:
+        L += _throughput(runs, "## Throughput of these runs")
+    extra = load_runs(out / "throughput")
+    if extra:
+        budget = ", ".join(sorted({f"{r['settings']['env_steps']:,}" for r in extra}))
+        envs_t = ", ".join(sorted({r["settings"]["task"] for r in extra}))
+        L += _throughput(
+            extra,
+            "## Throughput of every core (a separate short run)\n\n"
+            f"From {len(extra)} runs of {budget} env steps on {envs_t} under "
+            f"[{rel}/throughput/runs]({rel}/throughput/runs), one seed, 2 jobs at a time; "
+            "their returns are not scored.",
+        )
     if curves:
         L += ["## Training curves", ""]
         L += [f"![{e}]({rel}/{curves[e]})" for e in envs if e in curves]
@@ -200,25 +210,39 @@ def write_report(out: Path, page: Path | None = None) -> Path:
     return page
 
 
-def _projection(runs: list[dict[str, Any]], cores: list[str]) -> str:
-    """The full suite's time at the throughput these runs measured (one line)."""
+def _throughput(runs: list[dict[str, Any]], title: str) -> list[str]:
+    """Env steps per wall second per core (set-up included) and the full suite's run time at
+    those rates, for the cores these runs measured."""
     from benchmarks.popgym_suite import DEFAULT_SEEDS, STEPS_PER_BUDGET, SUITE_ENVS
 
-    per_core = {
-        c: statistics.fmean(
-            r["wall_s"] / r["settings"]["env_steps"] for r in runs if r["settings"]["core"] == c
-        )
-        for c in cores
-    }
-    runs_per_core = len(SUITE_ENVS) * DEFAULT_SEEDS
-    hours = sum(s * STEPS_PER_BUDGET * runs_per_core for s in per_core.values()) / 3600
-    rates = ", ".join(f"{c} {1 / s:,.0f}" for c, s in per_core.items())
-    return (
-        f"Throughput of these runs, env steps per wall second including set-up: {rates}. At "
-        f"those rates the full suite's runs of these {len(cores)} core(s) alone would take "
-        f"{hours:.1f} h of run time (divide by the parallel `--jobs`); the other cores are not "
-        "measured here, and the rates were taken while other jobs shared the machine."
+    cores = sorted({r["settings"]["core"] for r in runs}, key=_core_order)
+    L = [
+        title,
+        "",
+        "| core | env steps / s | full suite, this core (h of run time) |",
+        "|---|---|---|",
+    ]
+    total = 0.0
+    for c in cores:
+        mine = [r for r in runs if r["settings"]["core"] == c]
+        rate = sum(r["settings"]["env_steps"] for r in mine) / sum(r["wall_s"] for r in mine)
+        hours = STEPS_PER_BUDGET * len(SUITE_ENVS) * DEFAULT_SEEDS / rate / 3600
+        total += hours
+        L.append(f"| {c} | {rate:,.0f} | {hours:.1f} |")
+    loads = [r["load_1min_end"] for r in runs if "load_1min_end" in r]
+    load = (
+        f"1-minute load average at the runs' ends: {min(loads):.1f} to {max(loads):.1f}"
+        if loads
+        else "machine load not recorded"
     )
+    L += [
+        "",
+        f"At these rates the full suite's runs of these {len(cores)} core(s) take {total:.1f} h "
+        "of run time, divided by the parallel `--jobs` (2 on this machine) if nothing else "
+        f"runs ({load}; on a 2-core machine a load above 2 slows every run).",
+        "",
+    ]
+    return L
 
 
 def _core_order(core: str) -> int:
@@ -267,9 +291,9 @@ def _protocol(steps: list[int]) -> list[str]:
         f"{p['max_seq_len']} steps. Mean episodic return per iteration: RLlib's running mean "
         f"over the last {p['smoothing_episodes']} episodes.",
         f"- **Budget**: {', '.join(f'{s:,}' for s in steps)} env steps a run "
-        "(`--budget` scales it). POPGym's paper trains every run for 15M env steps "
-        "(`POPGYM_STEPS` default in popgym/baselines/ppo.py), 100x the full suite's 150,000: "
-        "our numbers are early-training numbers and are not expected to reach theirs.",
+        "(`--budget` scales it). POPGym's baseline script trains every run for 15M env steps "
+        "(the `POPGYM_STEPS` default in popgym/baselines/ppo.py), 100x the full suite's "
+        "150,000: our numbers are early-training numbers and are not expected to reach theirs.",
         "- **Normalisation and MMER**: a run's max-mean episodic return (the highest mean "
         "episodic return over its training iterations, POPGym's MMER per run) is mapped to "
         f"[0, 1] by the env's return range, read from POPGym 1.0.7's reward scales ({ranges}); "
@@ -284,12 +308,12 @@ def _published() -> list[str]:
     return [
         "## POPGym's published numbers",
         "",
-        "Not shown beside ours. The paper reports MMER per model and env after 15M env steps "
-        "with a 256-unit memory and 128-unit MLPs; the suite here trains 150,000 steps (1% "
-        "of that) at about 25k core parameters, so no cell is comparable, and the paper's "
-        "tables could not be read and checked from this machine. Someone who wants the "
-        "comparison should take the GRU and LSTM rows of the paper's appendix tables for the "
-        "same six Easy envs and put them beside ours with this budget difference stated.",
+        "Not shown beside ours. POPGym's baseline script (popgym/baselines/ppo.py) trains "
+        "15M env steps a run with a 256-unit memory and 128-unit MLPs; the suite here trains "
+        "150,000 steps (1% of that) at about 25k core parameters, so no cell is comparable, "
+        "and the paper's per-env results could not be read and checked from this machine. "
+        "To compare, put POPGym's published GRU and LSTM results for these six Easy envs "
+        "beside ours and state this budget difference with them.",
         "",
     ]
 

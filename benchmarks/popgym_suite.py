@@ -233,10 +233,11 @@ def train(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     rllib_stpn.register()
     start = time.perf_counter()
     algo = ppo_config(settings, seed).build_algo()
-    steps, returns, powers = [], [], []
+    steps, returns, powers, seconds = [], [], [], []
     try:
         for _ in range(settings["iterations"]):
             r = algo.train()[metrics.ENV_RUNNERS]
+            seconds.append(time.perf_counter() - start)
             steps.append(int(r[metrics.NUM_ENV_STEPS_SAMPLED_LIFETIME]))
             ret, power = r.get(metrics.EPISODE_RETURN_MEAN), r.get(metrics.SYNAPTIC_POWER_MEAN)
             returns.append(None if ret is None else float(ret))
@@ -248,10 +249,16 @@ def train(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     return {
         "seed": seed,
         "settings": settings,
-        "curve": {"env_steps": steps, "return_mean": returns, "synaptic_power_mean": powers},
+        "curve": {
+            "env_steps": steps,
+            "return_mean": returns,
+            "synaptic_power_mean": powers,
+            "wall_s": seconds,  # since the start of the run, set-up included
+        },
         "final_return": sum(tail) / len(tail) if tail else None,
         "max_mean_return": max(seen) if seen else None,
         "wall_s": time.perf_counter() - start,
+        "load_1min_end": os.getloadavg()[0],  # other jobs on the machine slow a run down
         "torch": torch.__version__,
         "ray": ray.__version__,
     }
