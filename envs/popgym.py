@@ -14,6 +14,8 @@ can take it, without changing the task (its dynamics, rewards and episode ends):
   only, so the null action is not mistaken for a real one).
 - `FlatFloatObservation`: Discrete, MultiDiscrete, MultiBinary, Box and Tuple observations
   become one float32 vector, categorical parts one-hot (gymnasium's `flatten`).
+- No render modes: the control tasks list gymnasium's CartPole/Pendulum ones, but POPGym's
+  classes refuse a `render_mode`, so gymnasium's checker failed on them.
 - `DiscreteAction`: a MultiDiscrete action space (Battleship, MineSweeper) becomes one
   Discrete over every combination, as the models here take Discrete or 1-D Box actions.
 """
@@ -175,4 +177,8 @@ def make_popgym(
         env = DiscreteAction(env)
     if previous_action:
         env = PreviousAction(env)
-    return FlatFloatObservation(env)
+    env = FlatFloatObservation(env)
+    # The control tasks inherit gymnasium's CartPole/Pendulum render modes, but POPGym's classes
+    # take no render_mode: say that none is offered, so that no checker asks for one.
+    env.metadata = {**env.metadata, "render_modes": []}
+    return env

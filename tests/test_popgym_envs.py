@@ -125,14 +125,15 @@ def test_ids_registered_for_gymnasium_and_tune():
         assert env_id in gym.registry and _global_registry.contains(ENV_CREATOR, env_id)
 
 
-@pytest.mark.parametrize("task", SUITE)
-def test_suite_envs_pass_the_checker(task):
+@pytest.mark.parametrize("env_id", [i for i in POPGYM_IDS if "Labyrinth" not in i])
+def test_every_env_passes_the_checker(env_id):
+    """Every id but the Labyrinths (mazelib), the six of the suite among them."""
     pytest.importorskip("popgym")
-    env = gym.make(f"popgym/{task}-v0")
+    env = gym.make(env_id)
     assert isinstance(env.observation_space, gym.spaces.Box) and env.observation_space.shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        check_env(env, skip_render_check=True)
+        check_env(env)  # render check included: no render mode is offered
     env.close()
 
 
