@@ -134,7 +134,8 @@ def write_report(out: Path, page: Path | None = None) -> Path:
             ">",
             f">     {COMMAND}",
             ">",
-            "> and this page is then rewritten from its JSON.",
+            "> and this page is then rewritten from its JSON. Its run time on this machine: see "
+            "the throughput sections below (`--budget`, `--cores` and `--jobs` trade it off).",
             "",
         ]
     L += _protocol(steps)
