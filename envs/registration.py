@@ -29,8 +29,7 @@ ENTRY_POINTS: dict[str, tuple[str, str | None]] = {
 }
 ENV_IDS: tuple[str, ...] = tuple(ENTRY_POINTS)
 # POPGym's tasks (`.popgym`): one creator, the task as a fixed keyword of each id.
-for _env_id, _task in POPGYM_TASKS.items():
-    ENTRY_POINTS[_env_id] = (f"{_MOD}.popgym:make_popgym", None)
+ENTRY_POINTS.update({env_id: (f"{_MOD}.popgym:make_popgym", None) for env_id in POPGYM_IDS})
 FIXED_KWARGS: dict[str, dict[str, Any]] = {
     env_id: {"task": task, "_env_id": env_id} for env_id, task in POPGYM_TASKS.items()
 }
