@@ -1,8 +1,9 @@
 """Environments of the STPN paper (maze, Atari, MuJoCo), installed as `rllib_stpn.envs`.
 
 Ids: "stpn/Maze-v0", "stpn/Atari-v0", "stpn/Pong-v0", "stpn/MuJoCo-v0",
-"stpn/InvertedPendulum-v0". Importing this package registers them with gymnasium (entry-point
-strings, nothing heavy); `rllib_stpn.register()` also registers them with Tune/RLlib.
+"stpn/InvertedPendulum-v0", and POPGym's tasks as "popgym/<Task>-v0" (`POPGYM_IDS`).
+Importing this package registers them with gymnasium (entry-point strings, nothing heavy);
+`rllib_stpn.register()` also registers them with Tune/RLlib.
 """
 
 from .atari import ATARI_ID, PONG_ID, atari_games, make_atari, make_pong
@@ -14,6 +15,7 @@ from .mujoco import (
     make_mujoco,
     mujoco_tasks,
 )
+from .popgym import POPGYM_IDS, make_popgym
 from .registration import ENV_IDS, make_rllib_env, register_envs, register_gym_envs
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "MAZE_ID",
     "MUJOCO_ID",
     "PONG_ID",
+    "POPGYM_IDS",
     "MazeEnv",
     "MazeVectorEnv",
     "atari_games",
@@ -30,6 +33,7 @@ __all__ = [
     "make_inverted_pendulum",
     "make_mujoco",
     "make_pong",
+    "make_popgym",
     "make_rllib_env",
     "maze_layout",
     "mujoco_tasks",

@@ -13,7 +13,7 @@ from rllib_stpn.nn.stpn import PLASTICITY_MODES
 from rllib_stpn.nn.variants import WEIGHT_INITS
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
-    # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "rnn", "mlp" (no memory), or a
+    # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "gru", "rnn", "mlp" (no memory), or a
     # plastic baseline: "fastweights", "modplast", "hebbff", "plastic_hebbian",
     # "plastic_gradient" (rllib_stpn/nn/plastic/, docs/fidelity.md).
     "core": "stpn",

@@ -29,8 +29,8 @@ class STPNModelV2(RecurrentNetwork, STPNNetwork):
     """Old-stack recurrent model; `custom_model_config` takes the keys of STPNModel's
     model_config. The state is the list of the core's state tensors in the order of
     `get_initial_state()`: [h, F flattened] for the STPN cores, [h, c] for "lstm", [h] for
-    "rnn", [] for "mlp", and the keys of `core.state_shapes()` in order for the plastic cores
-    (e.g. [h, A flattened] for "fastweights"). The BPTT length is the old stack's own
+    "gru" and "rnn", [] for "mlp", and the keys of `core.state_shapes()` in order for the
+    plastic cores (e.g. [h, A flattened] for "fastweights"). The BPTT length is the old stack's own
     `model["max_seq_len"]`.
     """
 

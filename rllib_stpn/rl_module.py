@@ -31,8 +31,8 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
     those of `rllib_stpn.model_config.DEFAULT_MODEL_CONFIG` (any other key raises).
 
     State per sample (from `get_initial_state()`): {"h": (H,), "F": (H*D,)} for the STPN cores,
-    {"h", "c"} for "lstm", {"h"} for "rnn", {} for "mlp" (stateless: no time axis), and for the
-    plastic baselines their flattened matrices (e.g. {"h": (H,), "A": (H*H,)} for
+    {"h", "c"} for "lstm", {"h"} for "gru" and "rnn", {} for "mlp" (stateless: no time axis), and
+    for the plastic baselines their flattened matrices (e.g. {"h": (H,), "A": (H*H,)} for
     "fastweights"; `self.core.compact_state_keys` names the keys that grow with the synapses).
 
     While sampling (`forward_exploration`/`forward_inference`) the output also holds

@@ -177,7 +177,7 @@ BAD_FILES = {
     "badrun.yaml": (TINY.replace("run: A2C", "run: A3C"), "unknown run 'A3C'"),
     "badenv.yaml": (TINY.replace("stpn/Maze-v0", "stpn/Mase-v0"), "unknown env 'stpn/Mase-v0'"),
     "badmodel.yaml": (TINY.replace("core: stpn", "cores: stpn"), "custom_model_config key 'cores'"),
-    "badcore.yaml": (TINY.replace("core: stpn", "core: gru"), "'gru'"),
+    "badcore.yaml": (TINY.replace("core: stpn", "core: transformer"), "'transformer'"),
     "badkey.yaml": (TINY.replace("gamma:", "gama:"), "unknown config key 'gama'"),
     "badenvcfg.yaml": (TINY.replace("size: 5", "size: 6"), "size"),
 }

@@ -54,6 +54,7 @@ def test_same_outputs_as_rl_module(core):
         "stpn": [(H,), (H * (3 + H),)],
         "stpnf": [(H,), (H * 3,)],
         "lstm": [(H,), (H,)],
+        "gru": [(H,)],
         "rnn": [(H,)],
         "mlp": [],
         "fastweights": [(H,), (H * H,)],

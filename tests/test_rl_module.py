@@ -63,6 +63,7 @@ def test_state_layout_and_shapes(core):
         "stpn": {"h": (H,), "F": (H * (I + H),)},
         "stpnf": {"h": (H,), "F": (H * I,)},
         "lstm": {"h": (H,), "c": (H,)},
+        "gru": {"h": (H,)},
         "rnn": {"h": (H,)},
         "mlp": {},
         "fastweights": {"h": (H,), "A": (H * H,)},
@@ -170,7 +171,7 @@ def _direct_power(m: STPNModel, obs: torch.Tensor) -> torch.Tensor:
     if cfg["core"] == "mlp":
         W = core.linear.weight
         return ((obs * obs).unsqueeze(2) * W.abs().unsqueeze(0).unsqueeze(0)).sum((2, 3))
-    rnn = core.lstm if cfg["core"] == "lstm" else core.rnn
+    rnn = getattr(core, cfg["core"])  # core.lstm, core.gru or core.rnn: torch's modules
     W = torch.cat([rnn.weight_ih_l0, rnn.weight_hh_l0], 1)  # every gate, input and recurrent
     out, _ = rnn(obs)
     h_prev = torch.cat([torch.zeros(B, 1, H), out[:, :-1]], 1)
@@ -252,7 +253,7 @@ def test_model_config_errors_list_valid_values():
         validate_model_config({"lstm_cell_size": 8})
     assert ", ".join(sorted(DEFAULT_MODEL_CONFIG)) in str(e.value)
     with pytest.raises(ValueError, match=r"'core'\] must be one of \('stpn', 'stpnf', 'lstm'"):
-        make("gru")
+        make("transformer")
     with pytest.raises(ValueError, match="hidden_size"):
         validate_model_config({"hidden_size": 0})
     with pytest.raises(ValueError, match="plasticity"):
@@ -310,6 +311,7 @@ def test_core_counts_follow_the_formulas_and_the_model_count_adds_the_encoder():
     assert count_core_parameters("stpn", I, H) == H * (I + H) * 3 + H
     assert count_core_parameters("stpnf", I, H, plasticity="uniform") == H * I + H + 2
     assert count_core_parameters("lstm", I, H, num_outputs=n_out) == 4 * H * (I + H) + 8 * H + heads
+    assert count_core_parameters("gru", I, H) == 3 * H * (I + H) + 6 * H
     assert count_core_parameters("rnn", I, H) == H * (I + H) + 2 * H
     assert count_core_parameters("mlp", I, H) == H * I + H
     assert count_core_parameters("fastweights", I, H) == H * (I + H) + 3 * H

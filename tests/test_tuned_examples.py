@@ -32,7 +32,9 @@ PAPER = {
     "maze-a2c-lstm.yaml": (*MAZE, "lstm", 47, 1e-4, 0.9, 4.0, 512, 200),
     "maze-a2c-rnn.yaml": (*MAZE, "rnn", 100, 1e-4, 0.9, 4.0, 512, 200),
 }
-ALL = sorted([*PAPER, "maze-a2c-stpn-quick.yaml"])
+# benchmarks/popgym_suite.py's settings on RepeatPreviousEasy: file -> core.
+POPGYM = {f"popgym-ppo-{c}.yaml": c for c in ("stpn", "gru", "lstm")}
+ALL = sorted([*PAPER, *POPGYM, "maze-a2c-stpn-quick.yaml"])
 
 
 def _load(name: str, **override) -> ex.Experiment:
@@ -85,7 +87,7 @@ def test_example_builds_its_algorithm(ray_session, name):
     try:
         module = algo.get_module()
         assert isinstance(module, STPNModel)
-        expected_core = PAPER[name][2] if name in PAPER else "stpn"
+        expected_core = PAPER[name][2] if name in PAPER else POPGYM.get(name, "stpn")
         assert module.model_config["core"] == expected_core
         callbacks = algo.config.callbacks_class
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
@@ -99,6 +101,28 @@ def test_example_builds_its_algorithm(ray_session, name):
             assert all(STATES_KEY in ep.custom_data for ep in episodes)
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize("name", sorted(POPGYM))
+def test_popgym_examples_are_the_suites_settings(name):
+    pytest.importorskip("popgym")
+    from benchmarks.popgym_suite import settings_for
+
+    exp = _load(name)
+    s = settings_for("RepeatPreviousEasy", POPGYM[name], 1.0)
+    config = ex.build_algorithm_config(exp)
+    assert exp.env == s["env"] and exp.stop == {ex.STEPS_KEY: s["env_steps"]}
+    m = config.model_config
+    assert (m["core"], m["hidden_size"], m["encoder"]) == (s["core"], s["hidden_size"], "mlp")
+    assert (m["encoder_hiddens"], m["max_seq_len"]) == (s["encoder_hiddens"], s["max_seq_len"])
+    assert config.env_config == {"previous_action": s["previous_action"]}
+    assert config.num_envs_per_env_runner == s["num_envs"]
+    assert config.metrics_num_episodes_for_smoothing == s["smoothing_episodes"]
+    got = (config.train_batch_size_per_learner, config.minibatch_size, config.num_epochs)
+    assert got == (s["train_batch"], s["minibatch"], s["num_epochs"])
+    got = (config.lr, config.gamma, config.lambda_, config.clip_param)
+    assert got == (s["lr"], s["gamma"], s["lambda"], s["clip_param"])
+    assert (config.vf_loss_coeff, config.entropy_coeff) == (s["vf_loss_coeff"], s["entropy_coeff"])
 
 
 def test_grid_search_in_yaml_is_expanded_and_each_variant_checked():

@@ -24,6 +24,7 @@ CORES = (
     "stpn",
     "stpnf",
     "lstm",
+    "gru",
     "rnn",
     "mlp",
     "fastweights",
@@ -171,6 +172,34 @@ class LSTMCore(MemoryCore):
         return out, {"h": h.squeeze(0), "c": c.squeeze(0)}, power
 
 
+class GRUCore(MemoryCore):
+    """torch.nn.GRU; state {"h"}; power over all three gates' (reset, update, new) input and
+    recurrent weights, as the LSTM's over its four.
+
+    The new gate's recurrent rows act on r_t * h_{t-1}, but the synapses are W_hn's and their
+    presynaptic activity is h_{t-1} (torch applies r_t after the product), so h_{t-1} is the
+    presynaptic vector of every recurrent row.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.gru = nn.GRU(input_size, hidden_size, batch_first=True)
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"h": (self.hidden_size,)}
+
+    def forward(self, x, state=None, *, return_power=False, seq_lens=None):
+        state = self._state_or_zeros(x, state)
+        h0 = state["h"]
+        out, h = self.gru(x, h0.unsqueeze(0).contiguous())
+        power = None
+        if return_power:
+            h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)
+            power = _gate_power(x, h_prev, self.gru.weight_ih_l0, self.gru.weight_hh_l0)
+        return out, {"h": h.squeeze(0)}, power
+
+
 class RNNCore(MemoryCore):
     """tanh Elman RNN (torch.nn.RNN); state {"h"}; power over input and recurrent weights."""
 
@@ -296,6 +325,8 @@ def build_core(
         )
     if core == "lstm":
         return LSTMCore(input_size, hidden_size)
+    if core == "gru":
+        return GRUCore(input_size, hidden_size)
     if core == "rnn":
         return RNNCore(input_size, hidden_size)
     if core == "mlp":

@@ -1,0 +1,66 @@
+"""benchmarks/popgym_suite.py end to end on a tiny budget: per-seed JSON, resume, the page."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import popgym_report, popgym_suite
+
+pytest.importorskip("popgym")
+
+
+def test_bad_arguments_are_one_line(capsys):
+    cases = [
+        (["--envs", "RepeatPreviousEasy,Nope"], "--envs got ['Nope']; allowed:"),
+        (["--cores", "gru,transformer"], "--cores got ['transformer']; allowed:"),
+        (["--budget", "0"], "--budget must be a positive number, got '0'"),
+        (["--seeds", "x"], "--seeds must be a positive integer, got 'x'"),
+    ]
+    for argv, message in cases:
+        assert popgym_suite.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("popgym_suite: error: ") and message in err
+        assert err.count("\n") == 1
+
+
+def test_normalisation_uses_each_families_return_range():
+    assert popgym_report.normalise("RepeatPreviousEasy", -1.0) == 0.0
+    assert popgym_report.normalise("CountRecallHard", 0.0) == 0.5
+    assert popgym_report.normalise("PositionOnlyCartPoleEasy", 0.25) == 0.25
+    assert popgym_report.normalise("MineSweeperEasy", 0.0) is None  # range not read yet
+
+
+def test_tiny_suite_writes_json_and_page_and_resumes(ray_session, tmp_path, monkeypatch, capsys):
+    # Two 100-step iterations a run (one process: the patched settings stay in effect).
+    monkeypatch.setitem(popgym_suite.PPO, "train_batch", 100)
+    monkeypatch.setitem(popgym_suite.PPO, "minibatch", 50)
+    monkeypatch.setitem(popgym_suite.PPO, "num_epochs", 1)
+    monkeypatch.setitem(popgym_suite.PPO, "num_envs", 2)
+    monkeypatch.setitem(popgym_suite.PPO, "max_seq_len", 20)
+    out = tmp_path / "popgym"
+    argv = ["--envs", "RepeatPreviousEasy", "--cores", "gru,mlp", "--seeds", "1"]
+    argv += ["--budget", str(200 / 150_000), "--jobs", "1", "--out", str(out)]
+    assert popgym_suite.main(argv) == 0
+    runs = {}
+    for core in ("gru", "mlp"):
+        run = json.loads((out / "runs" / "RepeatPreviousEasy" / core / "seed0.json").read_text())
+        s = run["settings"]
+        assert (s["core"], s["iterations"], s["env_steps"]) == (core, 2, 200)
+        assert run["curve"]["env_steps"] == [100, 200]
+        # A random policy scores -0.5 on RepeatPrevious (1 suit in 4 right): a return in range.
+        assert -1.0 <= run["max_mean_return"] <= 1.0 and run["wall_s"] > 0
+        runs[core] = run
+    # The two cores have the same parameter count to within a few percent.
+    p = [runs[c]["settings"]["core_and_head_params"] for c in ("gru", "mlp")]
+    assert abs(p[0] - p[1]) / p[0] < 0.03
+    page = (tmp_path / "popgym.md").read_text()
+    assert "PILOT, not the benchmark" in page and "python -m benchmarks.popgym_suite" in page
+    score = popgym_report.normalise("RepeatPreviousEasy", runs["gru"]["max_mean_return"])
+    assert f"| gru | {runs['gru']['settings']['hidden_size']} | {score:.3f} |" in page
+    assert "(popgym/runs/RepeatPreviousEasy/mlp/seed0.json)" in page
+    # Same settings again: nothing is retrained.
+    capsys.readouterr()
+    assert popgym_suite.main(argv) == 0
+    assert capsys.readouterr().out.count("done already") == 2
