@@ -37,7 +37,11 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
-from rllib_stpn import state_storage
+from rllib_stpn.state_storage.pipelines import (
+    install_env_to_module,
+    install_learner,
+    install_module_to_env,
+)
 
 if TYPE_CHECKING:
     from typing import Self  # Python >= 3.11; annotations are strings here (no runtime use)
@@ -79,6 +83,10 @@ class A2CConfig(AlgorithmConfig):
                       vf_loss_coeff=0.1, entropy_coeff=0.03, lr=1e-4, grad_clip=4.0)
         )
     """
+
+    # Its pipeline builders below install the compact-state pieces themselves (read by
+    # `rllib_stpn.compact_states`, which then leaves the config as it is).
+    compact_states_built_in = True
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or A2C)
@@ -129,7 +137,7 @@ class A2CConfig(AlgorithmConfig):
     def build_env_to_module_connector(self, env=None, spaces=None, device=None):
         pipeline = super().build_env_to_module_connector(env=env, spaces=spaces, device=device)
         if self.add_default_connectors_to_env_to_module_pipeline:
-            state_storage.install_env_to_module(pipeline)
+            install_env_to_module(pipeline)
         return pipeline
 
     @override(AlgorithmConfig)
@@ -137,7 +145,7 @@ class A2CConfig(AlgorithmConfig):
         pipeline = super().build_module_to_env_connector(env=env, spaces=spaces)
         if self.add_default_connectors_to_module_to_env_pipeline:
             # A2C's learner rows never start after a chunk's last step: its state stays here.
-            state_storage.install_module_to_env(pipeline, ship_last=False)
+            install_module_to_env(pipeline, ship_last=False)
         return pipeline
 
     @override(AlgorithmConfig)
@@ -153,7 +161,7 @@ class A2CConfig(AlgorithmConfig):
             pipeline.prepend(AddOneTsToEpisodesAndTruncate())
             pipeline.insert_after(AddTimeDimToBatchAndZeroPad, A2CTrainingRows())
             pipeline.remove(AddTimeDimToBatchAndZeroPad)
-            state_storage.install_learner(pipeline, row_starts=bootstrap_row_starts)
+            install_learner(pipeline, row_starts=bootstrap_row_starts)
         return pipeline
 
     @override(AlgorithmConfig)

@@ -20,13 +20,12 @@ from ray.rllib.utils.schedules.scheduler import Scheduler
 from ray.rllib.utils.spaces.space_utils import batch as batch_fn
 from ray.rllib.utils.torch_utils import explained_variance
 
-from rllib_stpn.state_storage import single_module
+from rllib_stpn.state_storage.container import single_module
 
 if TYPE_CHECKING:
+    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig  # here an A2CConfig
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
     from ray.rllib.utils.typing import EpisodeType, ModuleID, TensorType
-
-    from rllib_stpn.algorithms.a2c import A2CConfig
 
 VF_EXPLAINED_VAR_KEY = "vf_explained_var"
 CURR_ENTROPY_COEFF_KEY = "curr_entropy_coeff"
@@ -189,7 +188,7 @@ class A2CTorchLearner(TorchLearner):
         return [ValueFunctionAPI]
 
     def _advantages_and_targets(
-        self, config: A2CConfig, batch: dict[str, Any], values: torch.Tensor
+        self, config: AlgorithmConfig, batch: dict[str, Any], values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Advantages and value targets (no gradient), shaped like ``values``."""
         steps = step_mask(batch, values)  # real + phantom steps, without zero padding
@@ -226,7 +225,7 @@ class A2CTorchLearner(TorchLearner):
         self,
         *,
         module_id: ModuleID,
-        config: A2CConfig,
+        config: AlgorithmConfig,
         batch: dict[str, Any],
         fwd_out: dict[str, TensorType],
     ) -> TensorType:
