@@ -206,7 +206,11 @@ def _episodes_new_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
 
 
 def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, list, list]:
-    """The classic compute_single_action loop (ModelV2 policies, e.g. STPNModelV2)."""
+    """The classic compute_single_action loop (ModelV2 policies, e.g. STPNModelV2).
+
+    ModelV2 policies report no synaptic power (STPNModelV2 has no such output), so the power
+    list stays empty and the summary's power is None.
+    """
     env = algo.env_creator(algo.config.env_config)
     policy = algo.get_policy()
     returns, lengths, powers = [], [], []
@@ -216,11 +220,9 @@ def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
         state = policy.get_initial_state()
         total, steps, done = 0.0, 0, False
         while not done:
-            action, state, info = algo.compute_single_action(
+            action, state, _ = algo.compute_single_action(
                 obs, state=state, explore=explore, full_fetch=True
             )
-            if SYNAPTIC_POWER in info:
-                powers.append(float(info[SYNAPTIC_POWER]))
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
             steps += 1

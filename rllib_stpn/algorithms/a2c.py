@@ -330,8 +330,8 @@ class A2C(Algorithm):
                 return
             self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
 
-        # Exactly one gradient step on the whole batch (advantages are computed by the
-        # learner connector, see A2CTorchLearner.build).
+        # Exactly one gradient step on the whole batch (advantages and value targets are
+        # computed in the loss, see A2CTorchLearner.compute_loss_for_module).
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = self._update_learners(
                 episodes,

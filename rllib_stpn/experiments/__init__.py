@@ -41,7 +41,6 @@ from rllib_stpn.experiments.probe import (
 from rllib_stpn.experiments.probe import (
     check_resources,
     check_stop_keys,
-    flatten_result,
     probe_result,
     trial_resources,
 )
@@ -72,7 +71,6 @@ __all__ = [
     "check_writable_dir",
     "deep_merge",
     "did_you_mean",
-    "flatten_result",
     "grid_keys",
     "is_grid",
     "load_experiments",
