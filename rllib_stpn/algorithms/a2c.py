@@ -12,6 +12,7 @@ The loss lives in :mod:`rllib_stpn.algorithms.a2c_learner`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,13 @@ if TYPE_CHECKING:
 def _is_number(value: Any) -> bool:
     """A real, finite number (NaN or infinity would train to NaN weights without an error)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_dict(model_config: Any) -> dict[str, Any]:
+    """A model_config as a dict (RLlib also takes a DefaultModelConfig dataclass, or None)."""
+    if dataclasses.is_dataclass(model_config):
+        return dataclasses.asdict(model_config)
+    return dict(model_config or {})
 
 
 class A2CConfig(AlgorithmConfig):
@@ -227,6 +235,12 @@ class A2CConfig(AlgorithmConfig):
         """Raises a one-line ValueError for the first bad A2C setting."""
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             raise ValueError("A2C runs on RLlib's new API stack only; do not disable it")
+        spec = self._rl_module_spec
+        if getattr(getattr(spec, "module_class", None), "shares_value_layers", False):
+            from rllib_stpn.model_config import check_vf_share_layers
+
+            # The user's own settings: model_config() has A2C's injected False in it.
+            check_vf_share_layers({**_as_dict(self._model_config), **_as_dict(spec.model_config)})
         for name in ("use_critic", "bootstrap_truncated", "standardize_advantages"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")

@@ -44,7 +44,13 @@ from rllib_stpn.experiments.probe import (
     probe_result,
     trial_resources,
 )
-from rllib_stpn.experiments.run import METRIC_COLUMNS, make_progress_reporter, run_experiment
+from rllib_stpn.experiments.run import (
+    METRIC_COLUMNS,
+    make_progress_reporter,
+    model_core,
+    run_experiment,
+    trial_name,
+)
 from rllib_stpn.experiments.translate import to_param_space
 from rllib_stpn.experiments.yaml_format import (
     Experiment,
@@ -76,6 +82,7 @@ __all__ = [
     "load_experiments",
     "make_checkpoint_config",
     "make_progress_reporter",
+    "model_core",
     "one_line",
     "parse_experiments",
     "probe_result",
@@ -83,6 +90,7 @@ __all__ = [
     "run_experiment",
     "storage_path",
     "to_param_space",
+    "trial_name",
     "trial_resources",
     "validate_experiment",
     "variants",

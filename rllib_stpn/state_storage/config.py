@@ -85,6 +85,11 @@ def compact_states(config: Any) -> Any:
     and learner process, Tune trials included. Modules without large state keys, or with
     `model_config["compact_states"] = False`, are unaffected. Idempotent; returns `config`.
 
+    Without this call a config other than A2C's runs RLlib's default path (F stored at every
+    step) although `model_config["compact_states"]` defaults to True: that key only chooses
+    between the two paths where these pieces are installed. `rllib train file` does the same
+    for every new-stack `custom_model: stpn` experiment.
+
         config = rllib_stpn.compact_states(PPOConfig().environment(...).rl_module(...))
     """
     if builds_own_compact_states(config):
