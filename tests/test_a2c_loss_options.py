@@ -68,8 +68,8 @@ def _authors_loss(module, episodes, *, gamma, vf_coeff, penalty_coeff, reduction
 
     Per step: -log pi(a_t) A_t + vf_coeff (R_t - V_t)^2 + penalty_coeff sum_a pi(a|s_t)^2, with
     R_t the discounted reward sum to the episode's end and A_t = R_t - V_t (no gradient).
-    "mean": averaged over all steps; "sum": summed over an episode's steps, averaged over
-    episodes.
+    "mean": averaged over all steps; "sum": summed over all steps; "sum_per_episode":
+    summed over an episode's steps, averaged over episodes.
     """
     per_episode, steps = [], 0
     for ep in episodes:
@@ -89,7 +89,7 @@ def _authors_loss(module, episodes, *, gamma, vf_coeff, penalty_coeff, reduction
         per_episode.append(terms.sum())
         steps += n
     total = torch.stack(per_episode).sum()
-    return total / (steps if reduction == "mean" else len(episodes))
+    return total / {"mean": steps, "sum": 1, "sum_per_episode": len(episodes)}[reduction]
 
 
 def test_penalty_and_reductions_by_hand():
@@ -100,10 +100,11 @@ def test_penalty_and_reductions_by_hand():
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     mask = torch.tensor([[True, True, False], [True, False, False]])
     assert reduce_steps(x, mask, "mean", 2).item() == pytest.approx(7.0 / 3)
-    assert reduce_steps(x, mask, "sum", 2).item() == pytest.approx(3.5)
+    assert reduce_steps(x, mask, "sum", 2).item() == pytest.approx(7.0)
+    assert reduce_steps(x, mask, "sum_per_episode", 2).item() == pytest.approx(3.5)
 
 
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "sum_per_episode"])
 def test_gradient_equals_authors_maze_loss(reduction):
     torch.manual_seed(0)
     gamma, vf_coeff, coeff = 0.9, 0.1, 0.03
@@ -131,9 +132,10 @@ def test_gradient_equals_authors_maze_loss(reduction):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_summed_loss_on_recurrent_rows_is_steps_over_chunks_times_the_mean():
-    """STPN module trained in max_seq_len rows (episodes longer than one row): "sum" counts
-    episode chunks, not rows, and every parameter of the core gets gradient."""
+def test_summed_losses_on_recurrent_rows_scale_the_mean():
+    """STPN module trained in max_seq_len rows (episodes longer than one row): "sum" is the
+    mean times the steps, "sum_per_episode" counts episode chunks, not rows, and every
+    parameter of the core gets gradient."""
     spec = RLModuleSpec(
         module_class=STPNModel,
         model_config={
@@ -155,11 +157,12 @@ def test_summed_loss_on_recurrent_rows_is_steps_over_chunks_times_the_mean():
         learner.update(episodes=[_rllib(ep, states) for ep in _episodes(2)])
         return {n: p.grad.clone() for n, p in learner.module[DEFAULT_MODULE_ID].named_parameters()}
 
-    mean, summed = grads("mean"), grads("sum")
-    scale = sum(LENGTHS) / len(LENGTHS)
+    mean, summed, per_episode = grads("mean"), grads("sum"), grads("sum_per_episode")
     for name, g in mean.items():
         assert torch.isfinite(g).all() and g.abs().sum() > 0, name
-        torch.testing.assert_close(summed[name], scale * g, rtol=1e-4, atol=1e-7, msg=name)
+        torch.testing.assert_close(summed[name], sum(LENGTHS) * g, rtol=1e-4, atol=1e-6)
+        scale = sum(LENGTHS) / len(LENGTHS)
+        torch.testing.assert_close(per_episode[name], scale * g, rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_adam_epsilon_reaches_the_optimizer():

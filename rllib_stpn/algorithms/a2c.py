@@ -197,9 +197,11 @@ class A2CConfig(AlgorithmConfig):
             exploration_loss: "entropy" (default): the term ``-entropy_coeff * H(pi)``;
                 "sum_squared_probs": a penalty ``+entropy_coeff * sum_a pi(a|s)^2`` (the STPN
                 authors' maze code; Discrete actions only).
-            loss_reduction: "mean" (default): every term averaged over all steps of the
-                batch (also the authors' maze code); "sum": summed over each episode chunk's
-                steps and averaged over chunks (grad_clip then bounds the summed gradient).
+            loss_reduction: How the per-step loss terms are reduced: "mean" (default) over
+                all steps of the batch (also the authors' maze code); "sum" over all steps
+                (RLlib's old A2C, the authors' Pong run); "sum_per_episode": summed over each
+                episode chunk's steps and averaged over chunks. grad_clip bounds the gradient
+                of the reduced loss.
             adam_epsilon: Adam's epsilon (> 0; default 1e-8, torch's; the authors' maze code
                 uses 1e-4).
             **kwargs: Forwarded to ``AlgorithmConfig.training`` (lr or lr schedule, gamma,
