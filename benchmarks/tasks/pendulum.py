@@ -67,6 +67,15 @@ def variants(quick: bool) -> list[dict[str, Any]]:
 
 def notes(s: dict[str, Any]) -> str:
     steps = s["iterations"] * s["train_batch"]
+    if "entropy_coeff" not in s:  # results of the earlier, paper-text recipe
+        return (
+            f"{s['iterations']} PPO iterations of {s['train_batch']} steps ({steps:,} env "
+            f"steps), lr {s['lr']} decayed linearly to 1e-11 at {steps:,} steps, no entropy "
+            "bonus, no gradient clip, RLlib's log-std Gaussian, a normalised STPNf (the paper's "
+            "text, before the tuned examples followed the authors' run). Inference: "
+            f"{s['eval_episodes']} episodes after training, weights frozen, actions sampled "
+            "from the policy; power over every step of those episodes."
+        )
     return (
         f"{s['iterations']} PPO iterations of {s['train_batch']} steps ({steps:,} env steps, "
         f"{s['num_epochs']} epochs of minibatch {s['minibatch']} each), lr 3e-4 on the authors' "
