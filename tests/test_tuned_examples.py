@@ -93,6 +93,7 @@ def test_authors_settings(name):
             0.01,
         )
         assert exp.stop == {ex.STEPS_KEY: 100_000_000, ex.RETURN_KEY: 20.99}
+        assert mc["max_seq_len"] == 20  # old RLlib's default (the authors set none)
     if run == "PPO":  # AtariMujoco/run-invertedpendulum-ppo.py
         assert config.train_batch_size_per_learner == 2048
         assert (config.num_epochs, config.minibatch_size) == (10, 64)
@@ -100,6 +101,7 @@ def test_authors_settings(name):
         assert (config.entropy_coeff, config.vf_loss_coeff) == (0.01, 1.0)
         assert mc["action_dist"] == "softplus_gaussian"
         assert exp.stop == {ex.STEPS_KEY: 1_000_000}
+        assert mc["max_seq_len"] == 20  # old RLlib's default (the authors set none)
         stpnf = {"normalize": False, "f_clamp": 0.1, "weight_init": "input"}
         assert {k: mc.get(k) for k in stpnf} == (stpnf if core == "stpnf" else dict.fromkeys(stpnf))
 
