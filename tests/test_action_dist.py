@@ -124,3 +124,15 @@ def test_ppo_trains_with_softplus_gaussian(ray_session):
         assert algo.get_module().get_train_action_dist_cls() is TorchSoftplusGaussian
     finally:
         algo.stop()
+
+
+def test_old_stack_model_refuses_action_dist():
+    from rllib_stpn.model_v2 import STPNModelV2
+
+    model_config = {
+        "max_seq_len": 20,
+        "custom_model_config": {"core": "stpnf", "action_dist": "softplus_gaussian"},
+    }
+    with pytest.raises(ValueError, match="custom_action_dist") as info:
+        STPNModelV2(OBS, BOX, 4, model_config, "m")
+    assert "\n" not in str(info.value)
