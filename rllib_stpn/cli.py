@@ -85,11 +85,14 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet(verbose: bool) -> None:
+def _quiet(verbose: bool, uses_ray: bool) -> None:
     """Keep the terminal to our table: no Ray/RLlib warnings unless -v."""
     if verbose:
         return
     warnings.filterwarnings("ignore")
+    if uses_ray:
+        # Ray sets its loggers' levels when first imported: import it before lowering them.
+        import ray  # noqa: F401
     for name in ("ray", "ray.rllib", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -246,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         command = args.command
-        _quiet(getattr(args, "verbose", False))
+        _quiet(getattr(args, "verbose", False), uses_ray=command in ("train", "evaluate"))
         if command == "train":
             return _train(args)
         if command == "evaluate":

@@ -510,7 +510,7 @@ def test_interrupted_run_resumes_and_plots_each_iteration_once(tmp_path, capsys)
 
 
 def test_tune_run_sweep_from_python(ray_session, tmp_path):
-    """Two trials (a grid over STPN's hidden size) through tune.run, as README shows."""
+    """Two trials (a grid over STPN's hidden size) through tune.run, as docs/cli.md shows."""
     from ray import tune
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
