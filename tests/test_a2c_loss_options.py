@@ -56,7 +56,9 @@ def _config(spec: RLModuleSpec | None = None, **training) -> A2CConfig:
     config = (
         A2CConfig()
         .environment(observation_space=OBS_SPACE, action_space=ACT_SPACE)
-        .training(gamma=0.9, bootstrap_truncated=False, grad_clip=None, lr=1e-3, **training)
+        .training(
+            **{"gamma": 0.9, "bootstrap_truncated": False, "grad_clip": None, "lr": 1e-3} | training
+        )
     )
     if spec is not None:
         return config.rl_module(rl_module_spec=spec)
@@ -198,3 +200,30 @@ def test_sum_squared_probs_needs_discrete_actions():
     with pytest.raises(ValueError, match="needs Discrete actions") as info:
         config.build_learner()
     assert "\n" not in str(info.value)
+
+
+def test_sum_squared_probs_penalty_spreads_a_concentrated_policy():
+    """Zero rewards and no critic: only the penalty acts, and training lowers sum_a pi^2."""
+    torch.manual_seed(0)
+    learner = _config(
+        use_critic=False, exploration_loss="sum_squared_probs", entropy_coeff=1.0, lr=0.05
+    ).build_learner()
+    module = learner.module[DEFAULT_MODULE_ID]
+    (bias,) = [p for n, p in module.named_parameters() if n.startswith("pi") and p.shape == (3,)]
+    with torch.no_grad():
+        bias.copy_(torch.tensor([4.0, 0.0, 0.0]))  # pi(a=0) ~ 0.96 everywhere
+    episodes = _episodes(3)
+    for ep in episodes:
+        ep["rewards"][:] = 0.0
+    obs = torch.from_numpy(np.concatenate([ep["obs"] for ep in episodes]))
+
+    def concentration() -> float:
+        with torch.no_grad():
+            logits = module.forward_train({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        return exploration_penalty(None, logits, "sum_squared_probs").mean().item()
+
+    before = concentration()
+    for _ in range(30):
+        learner.update(episodes=[_rllib(ep) for ep in episodes])
+    after = concentration()
+    assert before > 0.85 and after < before - 0.3, (before, after)
