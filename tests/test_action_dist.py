@@ -82,7 +82,7 @@ def test_bad_action_dist_is_one_line_error(cfg, needle):
     assert "\n" not in str(info.value)
 
 
-def test_ppo_trains_with_softplus_gaussian(ray_session, tmp_path):
+def test_ppo_trains_with_softplus_gaussian(ray_session, tmp_path, monkeypatch):
     """One PPO iteration on InvertedPendulum with the authors' STPNf + softplus Gaussian."""
     pytest.importorskip("mujoco")
     from ray.rllib.algorithms.ppo import PPOConfig
@@ -113,9 +113,9 @@ def test_ppo_trains_with_softplus_gaussian(ray_session, tmp_path):
     import rllib_stpn
 
     rllib_stpn.register()
-    from ray.tune.logger import UnifiedLogger
-
-    algo = config.build_algo(logger_creator=lambda cfg: UnifiedLogger(cfg, str(tmp_path)))
+    # The algorithm's log dir (Trainable's default: a new dir in ~/ray_results) goes to tmp.
+    monkeypatch.setattr("ray.tune.trainable.trainable.DEFAULT_STORAGE_PATH", str(tmp_path))
+    algo = config.build_algo()
     try:
         before = {k: v.clone() for k, v in algo.get_module().state_dict().items()}
         result = algo.train()
