@@ -12,6 +12,9 @@ from rllib_stpn.nn.cores import CORES, ENCODERS, build_core
 from rllib_stpn.nn.stpn import PLASTICITY_MODES
 from rllib_stpn.nn.variants import WEIGHT_INITS
 
+# Names of the action distributions (rllib_stpn.distributions, which imports Ray, has them).
+ACTION_DISTS = ("default", "softplus_gaussian")
+
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # Memory core: "stpn" (STPNr), "stpnf" (STPNf), "lstm", "gru", "rnn", "mlp" (no memory), or a
     # plastic baseline: "fastweights", "modplast", "hebbff", "plastic_hebbian",
@@ -31,6 +34,9 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "post_update_norm": False,
     # "paper" (appendix A.4, bounds by hidden size) or "input" (their STPNf: by input size).
     "weight_init": "paper",
+    # Continuous actions: "default" (RLlib's Gaussian, std = exp(head output)) or
+    # "softplus_gaussian" (std = softplus(head output), the authors' InvertedPendulum).
+    "action_dist": "default",
     # "auto": Mnih et al. 2016 CNN for (H, W, C) image observations, identity for vectors.
     # "mlp": ReLU layers of sizes `encoder_hiddens`.
     "encoder": "auto",
@@ -126,6 +132,7 @@ def validate_model_config(model_config: Mapping[str, Any] | None) -> dict[str, A
     cfg["f_clamp"] = _f_clamp(cfg["f_clamp"])
     _bool("post_update_norm", cfg["post_update_norm"])
     _choice("weight_init", cfg["weight_init"], WEIGHT_INITS)
+    _choice("action_dist", cfg["action_dist"], ACTION_DISTS)
     _bool("measure_power", cfg["measure_power"])
     _bool("compact_states", cfg["compact_states"])
     hiddens = cfg["encoder_hiddens"]

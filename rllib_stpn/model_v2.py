@@ -56,6 +56,11 @@ class STPNModelV2(RecurrentNetwork, STPNNetwork):
         # in the env's original shape (e.g. (84, 84, 1) frames for the CNN).
         self._obs_space = getattr(obs_space, "original_space", obs_space)
         self.cfg = self.build_network(self._obs_space, num_outputs, custom)
+        if self.cfg["action_dist"] != "default":
+            raise ValueError(
+                f"model_config['action_dist']={self.cfg['action_dist']!r} is for STPNModel (new "
+                "API stack); on the old stack set model['custom_action_dist'] instead"
+            )
         self._state_keys = list(self.core.state_shapes())
         self._value: torch.Tensor | None = None
 

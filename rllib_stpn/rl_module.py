@@ -19,6 +19,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from rllib_stpn.distributions import action_dist_class
 from rllib_stpn.metrics import SYNAPTIC_POWER
 from rllib_stpn.network import STPNNetwork
 from rllib_stpn.nn.cores import action_dist_input_size
@@ -60,6 +61,9 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
             self.observation_space, action_dist_input_size(self.action_space), self.model_config
         )
         self._recurrent = self.is_recurrent
+        dist = action_dist_class(self.model_config["action_dist"], self.action_space)
+        if dist is not None:
+            self.action_dist_cls = dist  # RLlib's getters return it for all three phases
 
     @property
     def compact_state_keys(self) -> tuple[str, ...]:

@@ -94,6 +94,7 @@ def test_presets(ar):
     demo, full = ar.parse_args([]), ar.parse_args(["--full", "--epochs", "3"])
     assert (full.train_size, full.valid_size, full.test_size) == (100_000, 10_000, 20_000)
     assert full.batch_size == 128 and full.epochs == 3 and full.lr == 1e-3
+    assert full.pairs == 3  # the authors' data_art.py: 9 characters, 3 pairs
     assert demo.hidden_size == 11 and demo.train_size < full.train_size
 
 

@@ -6,6 +6,8 @@ training anything.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,27 +16,34 @@ from rllib_stpn import experiments as ex
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "tuned_examples"
 
-# SPEC section 3: (run, env, core, hidden size, lr (value or schedule), gamma, grad clip,
-# parallel envs, rollout length).
+# (run, env, core, hidden size, lr (value or schedule), gamma, grad clip, parallel envs,
+# rollout length): the authors' code (SPEC section 5, docs/fidelity.md "Tuned examples").
 PONG = ("A2C", "stpn/Pong-v0")
 PENDULUM = ("PPO", "stpn/InvertedPendulum-v0")
 MAZE = ("A2C", "stpn/Maze-v0")
-PONG_LR_END = [200_000_000, 1e-11]
-PEND_LR = [[0, 3e-4], [4_000_000, 1e-11]]
+PONG_LR_END = [200_000_000, 1e-12]
+PEND_LR = [[0, 3e-4], [400_000_000, 1e-12]]
 PAPER = {
     "pong-a2c-stpn.yaml": (*PONG, "stpn", 64, [[0, 7e-4], PONG_LR_END], 0.99, 40.0, 64, 50),
     "pong-a2c-lstm.yaml": (*PONG, "lstm", 48, [[0, 1e-4], PONG_LR_END], 0.99, 40.0, 64, 50),
-    "invertedpendulum-ppo-stpnf.yaml": (*PENDULUM, "stpnf", 64, PEND_LR, 0.99, None, 1, None),
-    "invertedpendulum-ppo-mlp.yaml": (*PENDULUM, "mlp", 64, PEND_LR, 0.99, None, 1, None),
-    "invertedpendulum-ppo-lstm.yaml": (*PENDULUM, "lstm", 64, PEND_LR, 0.99, None, 1, None),
-    "invertedpendulum-ppo-rnn.yaml": (*PENDULUM, "rnn", 64, PEND_LR, 0.99, None, 1, None),
+    "invertedpendulum-ppo-stpnf.yaml": (*PENDULUM, "stpnf", 64, PEND_LR, 0.99, 40.0, 1, None),
+    "invertedpendulum-ppo-mlp.yaml": (*PENDULUM, "mlp", 64, PEND_LR, 0.99, 40.0, 1, None),
+    "invertedpendulum-ppo-lstm.yaml": (*PENDULUM, "lstm", 64, PEND_LR, 0.99, 40.0, 1, None),
+    "invertedpendulum-ppo-rnn.yaml": (*PENDULUM, "rnn", 64, PEND_LR, 0.99, 40.0, 1, None),
     "maze-a2c-stpn.yaml": (*MAZE, "stpn", 55, 1e-4, 0.9, 4.0, 512, 200),
     "maze-a2c-lstm.yaml": (*MAZE, "lstm", 47, 1e-4, 0.9, 4.0, 512, 200),
     "maze-a2c-rnn.yaml": (*MAZE, "rnn", 100, 1e-4, 0.9, 4.0, 512, 200),
+    "maze-a2c-modplast.yaml": (*MAZE, "modplast", 73, 1e-4, 0.9, 4.0, 512, 200),
 }
 # benchmarks/popgym_suite.py's settings on RepeatPreviousEasy: file -> core.
 POPGYM = {f"popgym-ppo-{c}.yaml": c for c in ("stpn", "gru", "lstm")}
 ALL = sorted([*PAPER, *POPGYM, "maze-a2c-stpn-quick.yaml"])
+# The authors' source file each example names in its header.
+SOURCES = {
+    "pong": "AtariMujoco/run-pong.py",
+    "invertedpendulum": "AtariMujoco/run-invertedpendulum-ppo.py",
+    "maze": "Maze/Scripts/run_maze.py",
+}
 
 
 def _load(name: str, **override) -> ex.Experiment:
@@ -42,36 +51,103 @@ def _load(name: str, **override) -> ex.Experiment:
     return exp
 
 
-def test_the_ten_examples_exist():
+def test_the_examples_exist():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == ALL
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_paper_settings(name):
+def test_authors_settings(name):
     run, env, core, hidden, lr, gamma, clip, envs, rollout = PAPER[name]
     exp = _load(name)
     assert exp.run == run and exp.env == env
     config = ex.build_algorithm_config(exp)
-    assert config.model_config["core"] == core
-    assert config.model_config["hidden_size"] == hidden
+    mc = config.model_config
+    assert mc["core"] == core
+    assert mc["hidden_size"] == hidden
     assert config.lr == lr
     assert config.gamma == gamma
     assert config.num_envs_per_env_runner * max(1, config.num_env_runners) == envs
-    if clip is not None:
-        assert config.grad_clip == clip
+    assert config.grad_clip == clip
     if run == "A2C":
         assert config.rollout_fragment_length == rollout
         assert config.lambda_ == 1.0
-    if env == "stpn/Maze-v0":  # whole-episode Monte-Carlo returns, BPTT over the episode
+    if env == "stpn/Maze-v0":  # Maze/Scripts/run_maze.py, Maze/config/*_Maze_h*.json
         assert config.batch_mode == "complete_episodes" and config.bootstrap_truncated is False
         assert (config.vf_loss_coeff, config.entropy_coeff) == (0.1, 0.03)
-        assert config.model_config["max_seq_len"] == 200
+        assert config.exploration_loss == "sum_squared_probs"
+        assert (config.loss_reduction, config.adam_epsilon) == ("mean", 1e-4)
+        assert config.env_config == {
+            "size": 13,
+            "episode_length": 200,
+            "reward": 10.0,
+            "wall_penalty": 0.0,
+        }
+        assert mc["max_seq_len"] == 200
         assert exp.stop == {"training_iteration": 50_000}
-    if run == "PPO":  # Schulman et al. 2017 MuJoCo settings
+        stpn = core == "stpn"
+        assert (mc.get("f_clamp"), mc.get("post_update_norm")) == (
+            (1.0, True) if stpn else (None, None)
+        )
+    if env == "stpn/Pong-v0":  # AtariMujoco/run-pong.py through RLlib's old A2C loss
+        assert (config.loss_reduction, config.vf_loss_coeff, config.entropy_coeff) == (
+            "sum",
+            0.25,
+            0.01,
+        )
+        assert exp.stop == {ex.STEPS_KEY: 100_000_000, ex.RETURN_KEY: 20.99}
+        assert mc["max_seq_len"] == 20  # old RLlib's default (the authors set none)
+    if run == "PPO":  # AtariMujoco/run-invertedpendulum-ppo.py
         assert config.train_batch_size_per_learner == 2048
         assert (config.num_epochs, config.minibatch_size) == (10, 64)
         assert (config.lambda_, config.clip_param) == (0.95, 0.2)
+        assert (config.entropy_coeff, config.vf_loss_coeff) == (0.01, 1.0)
+        assert mc["action_dist"] == "softplus_gaussian"
+        assert exp.stop == {ex.STEPS_KEY: 1_000_000}
+        assert mc["max_seq_len"] == 20  # old RLlib's default (the authors set none)
+        stpnf = {"normalize": False, "f_clamp": 0.1, "weight_init": "input"}
+        assert {k: mc.get(k) for k in stpnf} == (stpnf if core == "stpnf" else dict.fromkeys(stpnf))
+
+
+def _header_override(name: str) -> tuple[dict, dict | None]:
+    """The --config (and --stop) JSON of the header's "paper's text instead" paragraph."""
+    lines = (EXAMPLES / name).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "The paper's text instead" in line)
+    found: dict[str, dict] = {}
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        m = re.match(r"#\s+--(config|stop) '(.*)'$", line)
+        if m and m.group(1) not in found:
+            found[m.group(1)] = json.loads(m.group(2))
+    return found["config"], found.get("stop")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_header_names_source_and_paper_text_override(name):
+    text = (EXAMPLES / name).read_text()
+    assert "github NeuromorphicComputing/stpn" in text
+    assert SOURCES[name.split("-")[0]] in text
+    override, stop = _header_override(name)
+    (exp,) = ex.load_experiments(EXAMPLES / name, config_override=override, stop=stop)
+    ex.validate_experiment(exp, build_module=False)
+    config = ex.build_algorithm_config(exp)
+    mc = config.model_config
+    core = PAPER[name][2]
+    if name.startswith("maze"):  # SPEC section 3: entropy 0.03, Adam, no F clamp
+        assert (config.exploration_loss, config.entropy_coeff) == ("entropy", 0.03)
+        assert config.adam_epsilon == 1e-8
+        assert not mc.get("f_clamp") and not mc.get("post_update_norm")
+    elif name.startswith("pong"):  # lr to 1e-11 at 200M steps
+        assert config.lr[-1] == [200_000_000, 1e-11]
+        assert (config.loss_reduction, config.vf_loss_coeff) == ("mean", 0.5)
+        assert exp.stop == {ex.STEPS_KEY: 200_000_000}
+    else:  # Schulman et al. 2017 as in the paper's text: 4M steps, lr decayed to 1e-11
+        assert config.lr == [[0, 3e-4], [4_000_000, 1e-11]]
+        assert (config.entropy_coeff, config.grad_clip) == (0.0, None)
+        assert mc["action_dist"] == "default"
         assert exp.stop == {ex.STEPS_KEY: 4_000_000}
+        if core == "stpnf":
+            assert (mc["normalize"], mc["f_clamp"], mc["weight_init"]) == (True, None, "paper")
 
 
 @pytest.mark.parametrize("name", ALL)

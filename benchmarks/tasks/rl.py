@@ -35,8 +35,15 @@ def _get(result: dict[str, Any], path: tuple[str, str]) -> float | None:
     return None if value is None else float(value)
 
 
-def with_model(config: Any, spec: ModelSpec, seed: int, max_seq_len: int) -> Any:
-    """`config` with STPNModel around `spec`'s core, the power callback and the seed."""
+def with_model(
+    config: Any,
+    spec: ModelSpec,
+    seed: int,
+    max_seq_len: int,
+    extra_model_config: dict[str, Any] | None = None,
+) -> Any:
+    """`config` with STPNModel around `spec`'s core (plus `extra_model_config` keys, e.g. the
+    authors' STPN options), the power callback and the seed."""
     return (
         config.rl_module(
             rl_module_spec=RLModuleSpec(
@@ -46,6 +53,7 @@ def with_model(config: Any, spec: ModelSpec, seed: int, max_seq_len: int) -> Any
                     "hidden_size": spec.hidden_size,
                     "plasticity": spec.plasticity,
                     "max_seq_len": max_seq_len,  # BPTT chunk length
+                    **(extra_model_config or {}),
                 },
             )
         )

@@ -115,6 +115,10 @@ class A2CConfig(AlgorithmConfig):
         self.entropy_coeff = 0.01
         self.bootstrap_truncated = True
         self.standardize_advantages = False
+        # The STPN authors' maze loss options (rllib_stpn.algorithms.a2c_loss).
+        self.exploration_loss = "entropy"
+        self.loss_reduction = "mean"
+        self.adam_epsilon = 1e-8  # torch's default; the authors' maze code uses 1e-4
 
     @override(AlgorithmConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
@@ -182,6 +186,9 @@ class A2CConfig(AlgorithmConfig):
         entropy_coeff: float | list[list[float]] | None = NotProvided,
         bootstrap_truncated: bool | None = NotProvided,
         standardize_advantages: bool | None = NotProvided,
+        exploration_loss: str | None = NotProvided,
+        loss_reduction: str | None = NotProvided,
+        adam_epsilon: float | None = NotProvided,
         **kwargs: Any,
     ) -> Self:
         """Sets the training settings (plus everything ``AlgorithmConfig.training`` takes).
@@ -203,6 +210,16 @@ class A2CConfig(AlgorithmConfig):
                 the whole-episode return of the paper's maze runs.
             standardize_advantages: Normalise advantages to zero mean / unit std over the
                 batch before the policy-gradient term (off by default: textbook A2C).
+            exploration_loss: "entropy" (default): the term ``-entropy_coeff * H(pi)``;
+                "sum_squared_probs": a penalty ``+entropy_coeff * sum_a pi(a|s)^2`` (the STPN
+                authors' maze code; Discrete actions only).
+            loss_reduction: How the per-step loss terms are reduced: "mean" (default) over
+                all steps of the batch (also the authors' maze code); "sum" over all steps
+                (RLlib's old A2C, the authors' Pong run); "sum_per_episode": summed over each
+                episode chunk's steps and averaged over chunks. grad_clip bounds the gradient
+                of the reduced loss.
+            adam_epsilon: Adam's epsilon (> 0; default 1e-8, torch's; the authors' maze code
+                uses 1e-4).
             **kwargs: Forwarded to ``AlgorithmConfig.training`` (lr or lr schedule, gamma,
                 grad_clip, grad_clip_by, train_batch_size_per_learner, ...).
 
@@ -222,6 +239,12 @@ class A2CConfig(AlgorithmConfig):
             self.bootstrap_truncated = bootstrap_truncated
         if standardize_advantages is not NotProvided:
             self.standardize_advantages = standardize_advantages
+        if exploration_loss is not NotProvided:
+            self.exploration_loss = exploration_loss
+        if loss_reduction is not NotProvided:
+            self.loss_reduction = loss_reduction
+        if adam_epsilon is not NotProvided:
+            self.adam_epsilon = adam_epsilon
         return self
 
     @override(AlgorithmConfig)
@@ -254,6 +277,7 @@ class A2CConfig(AlgorithmConfig):
         self._validate_schedule("lr", self.lr, allow_zero=False)
         if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
             raise ValueError(f"`grad_clip` must be None or a number > 0, got {self.grad_clip!r}")
+        self._validate_loss_options()
         if not self.use_critic and self.lambda_ != 1.0:
             raise ValueError(
                 f"`lambda_`={self.lambda_} needs a value function; set use_critic=True or "
@@ -287,6 +311,22 @@ class A2CConfig(AlgorithmConfig):
             "complete_episodes"
         ):
             self.validate_train_batch_size_vs_rollout_fragment_length()
+
+    def _validate_loss_options(self) -> None:
+        from rllib_stpn.algorithms.a2c_loss import EXPLORATION_LOSSES, LOSS_REDUCTIONS
+
+        if self.exploration_loss not in EXPLORATION_LOSSES:
+            raise ValueError(
+                f"`exploration_loss` must be one of {', '.join(EXPLORATION_LOSSES)}, got "
+                f"{self.exploration_loss!r}"
+            )
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"`loss_reduction` must be one of {', '.join(LOSS_REDUCTIONS)}, got "
+                f"{self.loss_reduction!r}"
+            )
+        if not _is_number(self.adam_epsilon) or self.adam_epsilon <= 0:
+            raise ValueError(f"`adam_epsilon` must be a number > 0, got {self.adam_epsilon!r}")
 
     @staticmethod
     def _validate_schedule(name: str, value: Any, *, allow_zero: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 import tree
@@ -21,6 +22,7 @@ from ray.rllib.utils.schedules.scheduler import Scheduler
 from ray.rllib.utils.spaces.space_utils import batch as batch_fn
 from ray.rllib.utils.torch_utils import explained_variance
 
+from rllib_stpn.algorithms.a2c_loss import exploration_penalty, reduce_steps
 from rllib_stpn.state_storage.container import single_module
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 VF_EXPLAINED_VAR_KEY = "vf_explained_var"
 CURR_ENTROPY_COEFF_KEY = "curr_entropy_coeff"
 ADVANTAGE_MEAN_KEY = "advantage_mean"
+SUM_SQUARED_PROBS_KEY = "sum_squared_probs"
 
 
 def compute_a2c_value_targets(
@@ -158,12 +161,40 @@ class A2CTorchLearner(TorchLearner):
     @override(TorchLearner)
     def build(self) -> None:
         super().build()
+        for module_id in self.module.keys():
+            self._check_exploration_loss(module_id)
         self.entropy_coeff_schedulers_per_module: dict[ModuleID, Scheduler] = LambdaDefaultDict(
             lambda module_id: Scheduler(
                 fixed_value_or_schedule=self.config.get_config_for_module(module_id).entropy_coeff,
                 framework=self.framework,
                 device=self._device,
             )
+        )
+
+    @override(TorchLearner)
+    def add_module(self, *, module_id: ModuleID, **kwargs: Any) -> Any:
+        spec = super().add_module(module_id=module_id, **kwargs)
+        self._check_exploration_loss(module_id)
+        return spec
+
+    def _check_exploration_loss(self, module_id: ModuleID) -> None:
+        kind = self.config.get_config_for_module(module_id).exploration_loss
+        space = self.module[module_id].unwrapped().action_space
+        if kind == "sum_squared_probs" and not isinstance(space, gym.spaces.Discrete):
+            raise ValueError(
+                f"exploration_loss='sum_squared_probs' needs Discrete actions, got {space}; "
+                "use exploration_loss='entropy'"
+            )
+
+    @override(TorchLearner)
+    def configure_optimizers_for_module(self, module_id: ModuleID, config: Any = None) -> None:
+        # RLlib's default optimizer with A2C's `adam_epsilon` (torch's Adam defaults otherwise).
+        params = self.get_parameters(self._module[module_id])
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer=torch.optim.Adam(params, eps=config.adam_epsilon),
+            params=params,
+            lr_or_lr_schedule=config.lr,
         )
 
     @override(TorchLearner)
@@ -228,22 +259,28 @@ class A2CTorchLearner(TorchLearner):
         def masked_mean(x: torch.Tensor) -> torch.Tensor:
             return x[mask].sum() / num_valid
 
+        # Each episode chunk holds exactly one phantom step: their count is the chunk count.
+        num_chunks = (step_mask(batch, mask) & ~mask).sum().clamp(min=1)
+
+        def reduce(x: torch.Tensor) -> torch.Tensor:
+            return reduce_steps(x, mask, config.loss_reduction, num_chunks)
+
         if config.use_critic:
             values = module.compute_values(batch, embeddings=fwd_out.get(Columns.EMBEDDINGS))
         else:
             values = torch.zeros(mask.shape, device=mask.device)
         advantages, targets = self._advantages_and_targets(config, batch, values)
 
-        action_dist = module.get_train_action_dist_cls().from_logits(
-            fwd_out[Columns.ACTION_DIST_INPUTS]
-        )
+        dist_inputs = fwd_out[Columns.ACTION_DIST_INPUTS]
+        action_dist = module.get_train_action_dist_cls().from_logits(dist_inputs)
         logp = action_dist.logp(batch[Columns.ACTIONS])
-        policy_loss = -masked_mean(logp * advantages)
+        policy_loss = reduce(-logp * advantages)
         mean_entropy = masked_mean(action_dist.entropy())
         entropy_coeff = self.entropy_coeff_schedulers_per_module[module_id].get_current_value()
-        total_loss = policy_loss - entropy_coeff * mean_entropy
+        penalty = exploration_penalty(action_dist, dist_inputs, config.exploration_loss)
+        total_loss = policy_loss + entropy_coeff * reduce(penalty)
         if config.use_critic:
-            vf_loss = masked_mean((values - targets) ** 2)
+            vf_loss = reduce((values - targets) ** 2)
             total_loss = total_loss + config.vf_loss_coeff * vf_loss
             explained_var = explained_variance(targets[mask], values[mask].detach())
         else:
@@ -260,6 +297,10 @@ class A2CTorchLearner(TorchLearner):
             key=module_id,
             window=1,
         )
+        if config.exploration_loss == "sum_squared_probs":
+            self.metrics.log_value(
+                (module_id, SUM_SQUARED_PROBS_KEY), masked_mean(penalty.detach()), window=1
+            )
         return total_loss
 
     @override(TorchLearner)
