@@ -7,8 +7,7 @@ STPNModel, ...) import Ray and call :func:`register` on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import importlib  # already loaded by Python's start-up: Ctrl-C is caught from here on
 
 __version__ = "0.1.0"
 
@@ -58,7 +57,7 @@ def register() -> None:
     _registered = True
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'rllib_stpn' has no attribute {name!r}")

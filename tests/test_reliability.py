@@ -6,9 +6,12 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 LOAD_KERNEL = "from rllib_stpn.nn import fused_cpp; fused_cpp.load(); print('kernel ok')"
 
@@ -65,3 +68,96 @@ def test_kernel_lock_wait_is_bounded(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("rllib_stpn.nn.fused_cpp.KernelLockTimeout: waited 1 s"), last
     assert f"rm {flock}" in last
+
+
+# A maze small enough that Ray's start-up dominates; the stop criterion is never reached.
+TINY_MAZE = """\
+maze-tiny:
+  run: A2C
+  env: stpn/Maze-v0
+  stop: {training_iteration: 100000}
+  config:
+    env_config: {size: 5, episode_length: 10}
+    num_env_runners: 0
+    num_envs_per_env_runner: 2
+    rollout_fragment_length: 10
+    model:
+      custom_model: stpn
+      max_seq_len: 10
+      custom_model_config: {core: stpn, hidden_size: 4}
+"""
+
+# `python -m rllib_stpn` whose first import of `module` is hit by a Ctrl-C (SIGINT to itself).
+_INTERRUPT_ON_IMPORT = """
+import os, runpy, signal, sys
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["rllib", *{args!r}]
+runpy.run_module("rllib_stpn", run_name="__main__", alter_sys=True)
+"""
+
+
+def _train_env(tmp_path: Path) -> dict[str, str]:
+    from torch.utils.cpp_extension import get_default_build_root
+
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["TORCH_EXTENSIONS_DIR"] = os.environ.get("TORCH_EXTENSIONS_DIR", get_default_build_root())
+    env["HOME"] = str(home)
+    return env
+
+
+@pytest.mark.parametrize("module", ["rllib_stpn.cli", "ray"], ids=["startup", "ray-import"])
+def test_ctrl_c_while_importing_is_one_line(tmp_path, module):
+    (tmp_path / "tiny.yaml").write_text(TINY_MAZE)
+    args = ["train", "file", "tiny.yaml", "--storage-path", "results"]
+    code = _INTERRUPT_ON_IMPORT.format(module=module, args=args)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_train_env(tmp_path),
+    )
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("rllib: interrupted"), (
+        proc.stderr
+    )
+    assert not (tmp_path / "results").exists()
+
+
+def test_ctrl_c_while_training_is_one_line(tmp_path):
+    """Ctrl-C from the terminal reaches the whole process group, Ray's workers included."""
+    (tmp_path / "tiny.yaml").write_text(TINY_MAZE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rllib_stpn", "train", "file", "tiny.yaml"]
+        + ["--storage-path", "results", "--num-cpus", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=_train_env(tmp_path),
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:  # Tune's status table: the trial is training
+            if "RUNNING" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-2000:]
+    # Ray may have logged a warning or two before the Ctrl-C; after it comes one line.
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.splitlines()[-1].startswith("rllib: interrupted"), err
+    assert err.count("rllib: interrupted") == 1, err
