@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rllib_stpn._extras import MissingExtraError
-from rllib_stpn.experiments import ExperimentError
+from rllib_stpn.experiments.errors import ExperimentError
 
 __all__ = ["main"]
 
@@ -176,7 +176,7 @@ def _resume_hint(unfinished: str | None = None) -> str:
 def _summarize_run(exp: Any, analysis: Any) -> tuple[int, int]:
     """Print where results and checkpoints are; returns the numbers of failed and of
     unfinished trials (those an interrupted run left before their stop criterion)."""
-    from rllib_stpn.experiments import POWER_KEY, RETURN_KEY
+    from rllib_stpn.metrics import POWER_KEY, RETURN_KEY
 
     failed = unfinished = 0
     print(f"\n{exp.name}: results in {analysis.experiment_path}")

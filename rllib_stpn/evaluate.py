@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rllib_stpn.experiments import ExperimentError, _one_line, check_writable_dir
+from rllib_stpn.experiments.checks import check_writable_dir
+from rllib_stpn.experiments.errors import ExperimentError, one_line
 from rllib_stpn.metrics import SYNAPTIC_POWER, SYNAPTIC_POWER_MEAN, SYNAPTIC_POWER_STD
 
 __all__ = [
@@ -86,7 +87,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             with open(file, "rb") as f:
                 pickle.load(f) if file.suffix == ".pkl" else json.load(f)
         except Exception as err:
-            return f"{file.relative_to(checkpoint)} cannot be read ({_one_line(err)})"
+            return f"{file.relative_to(checkpoint)} cannot be read ({one_line(err)})"
     return None
 
 
@@ -137,7 +138,7 @@ def _load_algorithm(checkpoint: Path, seed: int | None) -> Any:
         args, kwargs = info["ctor_args_and_kwargs"]
         config = kwargs.get("config", args[0] if args else None)
     except Exception as err:
-        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {_one_line(err)}") from None
+        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {one_line(err)}") from None
     if isinstance(config, dict):  # Tune hands algorithms a (partial) config dict
         config = algo_cls.get_default_config().update_from_dict(config)
     elif hasattr(config, "copy"):
@@ -148,13 +149,13 @@ def _load_algorithm(checkpoint: Path, seed: int | None) -> Any:
         algo = algo_cls(config=_local(config, seed))
     except Exception as err:
         raise ExperimentError(
-            f"cannot rebuild the algorithm of {checkpoint}: {_one_line(err)}"
+            f"cannot rebuild the algorithm of {checkpoint}: {one_line(err)}"
         ) from None
     try:
         algo.restore_from_path(str(checkpoint))
     except Exception as err:
         algo.stop()
-        raise ExperimentError(f"cannot restore checkpoint {checkpoint}: {_one_line(err)}") from None
+        raise ExperimentError(f"cannot restore checkpoint {checkpoint}: {one_line(err)}") from None
     return algo
 
 
@@ -182,12 +183,12 @@ def _load_old_stack_algorithm(checkpoint: Path, seed: int | None) -> Any:
         else:
             config = config.copy(copy_frozen=False)
     except Exception as err:
-        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {_one_line(err)}") from None
+        raise ExperimentError(f"cannot read checkpoint {checkpoint}: {one_line(err)}") from None
     state["config"] = _local(config, seed)
     try:
         return Algorithm.from_state(state)
     except Exception as err:
-        raise ExperimentError(f"cannot restore checkpoint {checkpoint}: {_one_line(err)}") from None
+        raise ExperimentError(f"cannot restore checkpoint {checkpoint}: {one_line(err)}") from None
 
 
 def _episodes_new_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, list, list]:

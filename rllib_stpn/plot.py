@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rllib_stpn.experiments import ExperimentError, flatten_result
+from rllib_stpn.experiments.errors import ExperimentError
+from rllib_stpn.experiments.probe import flatten_result
 from rllib_stpn.metrics import ENV_RUNNERS, POWER_KEY, RETURN_KEY, STEPS_KEY, SYNAPTIC_POWER_MEAN
 
 __all__ = ["find_trials", "plot_runs", "read_progress", "read_results"]

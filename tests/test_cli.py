@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rllib_stpn import cli
-from rllib_stpn.experiments import POWER_KEY, RETURN_KEY
+from rllib_stpn.metrics import POWER_KEY, RETURN_KEY
 
 # A maze small enough that two 2-iteration trials (a grid over hidden_size) take seconds.
 TINY = """\
@@ -376,7 +376,9 @@ def test_stop_keys_are_checked_against_a_real_result(ray_session, tmp_path, monk
 
     # Those keys need no training iteration.
     with monkeypatch.context() as m:
-        m.setattr(ex, "probe_result", lambda _: pytest.fail("probed for a key every result has"))
+        m.setattr(
+            ex.probe, "probe_result", lambda _: pytest.fail("probed for a key every result has")
+        )
         exp.stop = {"training_iteration": 3, "env_runners/episode_return_mean": 5.0}
         ex.check_stop_keys(exp)
     # Nested keys RLlib reports, the package's power metric and a legacy alias (mapped).
