@@ -28,6 +28,7 @@ _RLLIB_NAMES = {
     "STPNModelV2": "rllib_stpn.model_v2",
     "SynapticPowerCallback": "rllib_stpn.callbacks",
     "compact_states": "rllib_stpn.state_storage",
+    "restore_algorithm": "rllib_stpn.checkpoints",
 }
 _LAZY = {**_TORCH_NAMES, **_RLLIB_NAMES}
 

@@ -85,11 +85,16 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet(verbose: bool) -> None:
-    """Keep the terminal to our table: no Ray/RLlib warnings unless -v."""
+def _quiet(verbose: bool, uses_ray: bool) -> None:
+    """Keep the terminal to our table: no Ray/RLlib warnings unless -v.
+
+    Importing Ray configures its loggers (levels included), so Ray is imported first.
+    """
     if verbose:
         return
     warnings.filterwarnings("ignore")
+    if uses_ray:
+        import ray  # noqa: F401
     for name in ("ray", "ray.rllib", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -108,6 +113,7 @@ def _init_ray(verbose: bool, num_cpus: int | None = None) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from rllib_stpn import experiments as ex
+    from rllib_stpn.checkpoints import check_resume
 
     stop = _json_option("--stop")(args.stop) if args.stop is not None else None
     override = _json_option("--config")(args.config) if args.config is not None else None
@@ -131,6 +137,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     for exp in exps:  # every experiment is checked before the first one starts
         ex.validate_experiment(exp)
+        if args.resume and "://" not in ex.storage_path(exp):
+            check_resume(os.path.join(ex.storage_path(exp), exp.name))
         if args.num_cpus is not None:
             ex.check_resources(exp, {"CPU": args.num_cpus}, "--num-cpus gives it only")
 
@@ -144,6 +152,8 @@ def _train(args: argparse.Namespace) -> int:
             ex.check_resources(exp, ray.cluster_resources(), "the local Ray has only")
     for exp in exps:
         ex.check_stop_keys(exp)
+    from rllib_stpn.callbacks import NonFiniteWarning
+
     failed = 0
     for exp in exps:
         analysis = ex.run_experiment(
@@ -153,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
             progress_reporter=ex.make_progress_reporter(exp),
             verbose=1,
             validate=False,
+            callbacks=[NonFiniteWarning()],
         )
         errors, unfinished = _summarize_run(exp, analysis)
         failed += errors
@@ -246,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(argv)
         command = args.command
-        _quiet(getattr(args, "verbose", False))
+        _quiet(getattr(args, "verbose", False), uses_ray=command in ("train", "evaluate"))
         if command == "train":
             return _train(args)
         if command == "evaluate":

@@ -161,3 +161,86 @@ def test_ctrl_c_while_training_is_one_line(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.splitlines()[-1].startswith("rllib: interrupted"), err
     assert err.count("rllib: interrupted") == 1, err
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """One iteration of TINY_MAZE through `rllib train`: (tmp dir, experiment dir)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    (root / "tiny.yaml").write_text(TINY_MAZE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rllib_stpn", "train", "file", "tiny.yaml"]
+        + ["--storage-path", "results", "--num-cpus", "2"]
+        + ["--stop", '{"training_iteration": 1}'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env=_train_env(root),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (root / "home" / "ray_results").exists()
+    return root, root / "results" / "maze-tiny"
+
+
+def _damaged_copy(checkpointed, tmp_path: Path, damage: str) -> Path:
+    """A copy of the run whose checkpoint's module weights are damaged as ``damage`` says."""
+    import pickle
+
+    _, run = checkpointed
+    copy = Path(shutil.copytree(run, tmp_path / "results" / "maze-tiny"))
+    (ckpt,) = copy.glob("*/checkpoint_000000")
+    state = ckpt / "learner_group/learner/rl_module/default_policy/module_state.pkl"
+    if damage == "foreign":  # another pickle in its place
+        state.write_bytes(pickle.dumps({"foo": 1}))
+    elif damage == "truncated":  # as a killed copy leaves it
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif damage == "shape":  # weights of another model size
+        weights = pickle.loads(state.read_bytes())
+        key = next(iter(weights))
+        weights[key] = weights[key][:1]
+        state.write_bytes(pickle.dumps(weights))
+    return ckpt
+
+
+@pytest.fixture
+def no_ray_start(monkeypatch):
+    from rllib_stpn import cli
+
+    monkeypatch.setattr(cli, "_init_ray", lambda *a, **kw: pytest.fail("Ray was started"))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("foreign", "module_state.pkl of default_policy does not match the module"),
+        ("truncated", "module_state.pkl cannot be read"),
+        ("shape", "has shape"),
+    ],
+)
+def test_damaged_checkpoint_is_refused(
+    checkpointed, tmp_path, capsys, monkeypatch, no_ray_start, damage, message
+):
+    from rllib_stpn import cli, restore_algorithm
+    from rllib_stpn.checkpoints import check_checkpoint
+    from rllib_stpn.experiments import ExperimentError
+
+    root, run = checkpointed
+    (intact,) = run.glob("*/checkpoint_000000")
+    check_checkpoint(intact)  # the real thing passes
+    ckpt = _damaged_copy(checkpointed, tmp_path, damage)
+
+    capsys.readouterr()  # RLlib's own warnings while building the module above
+    assert cli.main(["evaluate", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rllib: error: ") and message in err, err
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(root / "tiny.yaml", tmp_path)
+    assert cli.main(["train", "file", "tiny.yaml", "--storage-path", "results", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rllib: error: cannot resume"), err
+    assert message in err, err
+
+    with pytest.raises(ExperimentError, match="unusable"):
+        restore_algorithm(ckpt)
