@@ -244,3 +244,50 @@ def test_damaged_checkpoint_is_refused(
 
     with pytest.raises(ExperimentError, match="unusable"):
         restore_algorithm(ckpt)
+
+
+def _alias_bomb() -> str:
+    """Nine levels of ten aliases each: 10**9 values once expanded, a few hundred bytes."""
+    lines = ["    b0: &b0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for i in range(1, 10):
+        lines.append(f"    b{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 10)}]")
+    return TINY_MAZE + "\n".join(lines) + "\n"
+
+
+BAD_INPUTS = [
+    (["--config", '{"grad_clip_by": "foo"}'], "`grad_clip_by` must be one of value, norm"),
+    (["--config", '{"seed": "abc"}'], "`seed` must be an integer >= 0 or None, got 'abc'"),
+    (["--config", '{"seed": -1}'], "`seed` must be an integer >= 0 or None, got -1"),
+    (["--config", '{"lr": {"grid_search": []}}'], "lr: grid_search needs a non-empty list"),
+    (["--config", '{"lr": {"grid_search": 0.001}}'], "got 0.001"),
+    (["--config", '{"batch_mode": "foo"}'], "`batch_mode` must be one of truncate_episodes"),
+    (["--config", '{"evaluation_interval": -1}'], "`evaluation_interval` must be an integer >= 0"),
+    (["--storage-path", "/proc/rllib-results"], "is on a kernel pseudo filesystem"),
+    (["--storage-path", "/sys/fs/cgroup/rllib-results"], "is on a kernel pseudo filesystem"),
+    ("stop: 5", "'stop' of experiment 'maze-tiny' must be a mapping"),
+    ("alias bomb", "more than 100000 values once its YAML aliases"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_INPUTS, ids=[str(b) for b, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_before_ray(
+    tmp_path, capsys, monkeypatch, no_ray_start, bad, message
+):
+    from rllib_stpn import cli
+
+    text, args = TINY_MAZE, []
+    if bad == "stop: 5":
+        text = TINY_MAZE.replace("stop: {training_iteration: 100000}", "stop: 5")
+    elif bad == "alias bomb":
+        text = _alias_bomb()
+    else:
+        args = bad
+    (tmp_path / "tiny.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if "--storage-path" not in args:
+        args = [*args, "--storage-path", "results"]
+    assert cli.main(["train", "file", "tiny.yaml", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rllib: error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # nothing left behind
