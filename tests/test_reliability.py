@@ -291,3 +291,126 @@ def test_bad_input_is_one_line_before_ray(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rllib: error: ") and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # nothing left behind
+
+
+def test_evaluate_leaves_no_results_dir(checkpointed, tmp_path):
+    """An Algorithm built outside Tune makes ~/ray_results/<timestamp>; evaluate removes it."""
+    _, run = checkpointed
+    env = _train_env(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rllib_stpn", "evaluate", str(run), "--episodes", "1"]
+        + ["--out", str(tmp_path / "eval.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", proc.stderr
+    assert "synaptic power / step" in proc.stdout
+    assert not (Path(env["HOME"]) / "ray_results").exists()  # not even an empty one
+
+
+def test_suite_home_is_temporary():
+    """conftest.py moves HOME, so no test leaves ~/ray_results/<timestamp> behind."""
+    assert Path.home().name.startswith("rllib-stpn-tests-home-")
+
+
+def _trial_dir(root: Path, lines: list[bytes]) -> Path:
+    trial = root / "run" / "A2C_trial_00000"
+    trial.mkdir(parents=True)
+    (trial / "result.json").write_bytes(b"\n".join(lines) + b"\n")
+    return root / "run"
+
+
+def _result_line(i: int) -> bytes:
+    import json
+
+    result = {
+        "training_iteration": i,
+        "num_env_steps_sampled_lifetime": 100 * i,
+        "env_runners": {"episode_return_mean": float(i), "synaptic_power_mean": 2.0},
+    }
+    return json.dumps(result).encode()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("not utf-8", "nothing to plot: none of the 1 trial(s)"),
+        ("no metrics", "nothing to plot"),
+        ("out is a file", "is not a directory"),
+        ("out under a file", "is not a directory"),
+        ("out unwritable", "is on a kernel pseudo filesystem"),
+    ],
+)
+def test_plot_errors_are_one_line_and_leave_nothing(tmp_path, capsys, case, message):
+    from rllib_stpn import cli
+
+    good = [_result_line(1), _result_line(2)]
+    lines = {"not utf-8": [b"\xff\xfe\x00garbage\x9c"], "no metrics": [b'{"a": 1}']}
+    run = _trial_dir(tmp_path, lines.get(case, good))
+    (tmp_path / "file").write_text("x")
+    out = {
+        "out is a file": tmp_path / "file",
+        "out under a file": tmp_path / "file" / "plots",
+        "out unwritable": Path("/proc/rllib-plots"),
+    }.get(case, tmp_path / "plots" / "new")
+    assert cli.main(["plot", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rllib: error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "run"]
+
+
+def test_plot_reads_around_bad_bytes_and_removes_its_out_on_failure(tmp_path, monkeypatch):
+    from rllib_stpn import plot
+
+    run = _trial_dir(tmp_path, [_result_line(1), b"\xff\xfe cut off", _result_line(2)])
+    (trial,) = plot.find_trials([run])
+    assert plot.read_progress(trial)["return"] == [1.0, 2.0]
+
+    out = tmp_path / "plots" / "new"
+    real_draw = plot._draw
+
+    def draw_then_fail(plt, data, folder, written):
+        real_draw(plt, data, folder, written)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plot, "_draw", draw_then_fail)
+    with pytest.raises(plot.ExperimentError, match="No space left on device"):
+        plot.plot_runs([run], out)
+    assert not (tmp_path / "plots").exists()
+
+
+def test_non_finite_power_and_loss_are_reported_once():
+    import io
+    import math
+
+    from rllib_stpn.callbacks import NonFiniteWarning, non_finite_metrics
+    from rllib_stpn.evaluate import format_table, non_finite, summarize
+
+    def result(i: int, power: float, loss: float) -> dict:
+        return {
+            "training_iteration": i,
+            "env_runners": {"synaptic_power_mean": power, "episode_return_mean": 1.0},
+            "learners": {"default_policy": {"total_loss": loss, "policy_loss": 0.5}},
+            "config": {"lr": math.inf},  # not a metric
+        }
+
+    assert non_finite_metrics(result(1, 3.0, 0.1)) == []
+    stream = io.StringIO()
+    warn = NonFiniteWarning(stream)
+    for i, (power, loss) in enumerate([(3.0, 0.1), (math.inf, 0.1), (math.inf, math.nan)]):
+        warn.on_trial_result(i, [], "A2C_trial_0", result(i + 1, power, loss))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines  # power once (not on each result), then the loss
+    assert lines[0].startswith("rllib: warning: env_runners/synaptic_power_mean is inf")
+    assert "normalize: false and no f_clamp" in lines[0] and "iteration 2" in lines[0]
+    assert lines[1].startswith("rllib: warning: learners/default_policy/total_loss is nan")
+
+    evaluated = summarize([1.0, 2.0], [10, 10], [1.0, math.inf])
+    evaluated.update(checkpoint="c", algorithm="A2C", env="e", explore=True)
+    evaluated["non_finite"] = non_finite(evaluated)
+    assert evaluated["non_finite"] == ["synaptic_power_mean"]
+    table = format_table(evaluated)
+    assert "NON-FINITE" in table and "synaptic_power_mean is inf" in table
