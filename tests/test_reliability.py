@@ -157,10 +157,7 @@ def test_ctrl_c_while_training_is_one_line(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-2000:]
-    # Ray may have logged a warning or two before the Ctrl-C; after it comes one line.
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert err.splitlines()[-1].startswith("rllib: interrupted"), err
-    assert err.count("rllib: interrupted") == 1, err
+    assert err.count("\n") == 1 and err.startswith("rllib: interrupted with 1 trial(s)"), err
 
 
 @pytest.fixture(scope="module")
