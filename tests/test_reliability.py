@@ -411,3 +411,24 @@ def test_non_finite_power_and_loss_are_reported_once():
     assert evaluated["non_finite"] == ["synaptic_power_mean"]
     table = format_table(evaluated)
     assert "NON-FINITE" in table and "synaptic_power_mean is inf" in table
+
+
+def test_restore_algorithm_restores_the_saved_weights(checkpointed, ray_session):
+    import pickle
+
+    import numpy as np
+
+    from rllib_stpn import restore_algorithm
+
+    _, run = checkpointed
+    (ckpt,) = run.glob("*/checkpoint_000000")
+    state = ckpt / "learner_group/learner/rl_module/default_policy/module_state.pkl"
+    saved = pickle.loads(state.read_bytes())
+    algo = restore_algorithm(run)  # an experiment dir: its newest usable checkpoint
+    try:
+        weights = algo.get_module().get_state()
+        assert set(weights) == set(saved)
+        for key, value in saved.items():
+            np.testing.assert_array_equal(np.asarray(weights[key]), np.asarray(value))
+    finally:
+        algo.stop()
