@@ -432,3 +432,21 @@ def test_restore_algorithm_restores_the_saved_weights(checkpointed, ray_session)
             np.testing.assert_array_equal(np.asarray(weights[key]), np.asarray(value))
     finally:
         algo.stop()
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("/proc/rllib-eval.json", "--out directory /proc is on a kernel pseudo filesystem"),
+        ("{tmp}/file/eval.json", "--out directory {tmp}/file is not a directory"),
+        ("{tmp}", "is a directory; give a file name"),
+    ],
+)
+def test_evaluate_out_is_checked_before_evaluating(tmp_path, capsys, no_ray_start, out, message):
+    from rllib_stpn import cli
+
+    (tmp_path / "file").write_text("x")
+    out, message = out.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    assert cli.main(["evaluate", str(tmp_path / "no-checkpoint"), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rllib: error: ") and message in err, err
