@@ -305,7 +305,9 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
     answers yes to root even on a read-only or pseudo filesystem.
     """
     path = Path(os.path.abspath(path))
-    if any(path == root or root in path.parents for root in _PSEUDO_FS_ROOTS):
+    shm = Path("/dev/shm")  # a tmpfs, a fine place for results
+    pseudo = [root for root in _PSEUDO_FS_ROOTS if path == root or root in path.parents]
+    if pseudo and not (path == shm or shm in path.parents):
         raise ExperimentError(f"{what} {path} is on a kernel pseudo filesystem; choose another")
     if path.exists() and not path.is_dir():
         raise ExperimentError(f"{what} {path} is not a directory")
