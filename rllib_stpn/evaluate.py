@@ -193,7 +193,11 @@ def _episodes_new_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
 
 
 def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, list, list]:
-    """The classic compute_single_action loop (ModelV2 policies, e.g. STPNModelV2)."""
+    """The classic compute_single_action loop (ModelV2 policies, e.g. STPNModelV2).
+
+    ModelV2 policies report no synaptic power (STPNModelV2 has no such output), so the power
+    list stays empty and the summary's power is None.
+    """
     env = algo.env_creator(algo.config.env_config)
     policy = algo.get_policy()
     returns, lengths = [], []
@@ -203,7 +207,6 @@ def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
         state = policy.get_initial_state()
         total, steps, done = 0.0, 0, False
         while not done:
-            # STPNModelV2 reports no synaptic power (the old stack has no per-step column).
             action, state, _ = algo.compute_single_action(
                 obs, state=state, explore=explore, full_fetch=True
             )

@@ -40,14 +40,36 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # Emit the "synaptic_power" column during sampling.
     "measure_power": True,
     # Store the core's large state keys (F for STPN) once per training sequence instead of once
-    # per step (A2C, or any algorithm after `rllib_stpn.compact_states(config)`).
+    # per step. Acts only where rllib_stpn's state-storage pieces are in the connector
+    # pipelines: A2C (always), `rllib train file` with custom_model: stpn (any algorithm) and
+    # any config passed to `rllib_stpn.compact_states(config)`. Anywhere else (e.g. a PPOConfig
+    # built in Python without that call) RLlib's default path stores every step's state,
+    # whatever this says. False: RLlib's default path even where the pieces are.
     "compact_states": True,
 }
 
 # Keys RLlib's algorithm configs inject into every module's model_config on their own
-# (`AlgorithmConfig._model_config_auto_includes`, e.g. PPO's `vf_share_layers=False`). They are
-# accepted and ignored: policy and value heads always share the encoder and core, as in the paper.
+# (`AlgorithmConfig._model_config_auto_includes`: PPO, APPO and A2C `vf_share_layers=False`).
+# Policy and value heads always share the encoder and core, as in the paper; see
+# `check_vf_share_layers` for what happens to a `vf_share_layers` a user sets.
 RLLIB_INJECTED_KEYS = frozenset({"vf_share_layers", "twin_q"})
+
+
+def check_vf_share_layers(user_model_config: Mapping[str, Any] | None) -> None:
+    """Reject a user's own `vf_share_layers=False` (separate value layers) with a one-line
+    ValueError: STPNModel and STPNModelV2 always share the encoder and core between the policy
+    and value heads. True, or leaving it out, is fine.
+
+    Pass the settings the user wrote, not the module's model_config: there PPO, APPO and A2C
+    have put their own `vf_share_layers=False`, which the module cannot tell from a user's
+    and accepts. A2CConfig.validate() calls this; the YAML path rejects the key outright.
+    """
+    value = (user_model_config or {}).get("vf_share_layers")
+    if value is False:
+        raise ValueError(
+            "model_config['vf_share_layers']=False: STPNModel's policy and value heads always "
+            "share the encoder and core (no separate value branch); leave it out or set True"
+        )
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -93,6 +115,8 @@ def validate_model_config(model_config: Mapping[str, Any] | None) -> dict[str, A
         if key not in DEFAULT_MODEL_CONFIG and key not in RLLIB_INJECTED_KEYS:
             raise ValueError(f"unknown model_config key {key!r}; valid keys: {', '.join(valid)}")
     cfg = {**DEFAULT_MODEL_CONFIG, **model_config}
+    if "vf_share_layers" in cfg:
+        _bool("vf_share_layers", cfg["vf_share_layers"])
     _choice("core", cfg["core"], CORES)
     _choice("plasticity", cfg["plasticity"], PLASTICITY_MODES)
     _choice("encoder", cfg["encoder"], ENCODERS)
@@ -119,13 +143,12 @@ def count_core_parameters(
     num_outputs: int | None = None,
     plasticity: str = "per_synapse",
 ) -> int:
-    """Trainable parameters of the memory core alone, fed `input_size` features (the encoder's
-    output size); the encoder is not counted (`rllib_stpn.network.count_model_parameters`
-    counts the whole model).
+    """Number of trainable parameters in the memory core; the encoder is not counted.
 
-    With `num_outputs` (policy logits, e.g. the number of discrete actions), the linear policy
-    head and the value head are counted too. Counted on modules built on the meta device, so
-    the count follows the modules themselves.
+    `input_size` is the number of features the core receives (the encoder's output size).
+    With `num_outputs` (e.g. the number of discrete actions) the policy and value heads are
+    counted too. For the whole model use `rllib_stpn.network.count_model_parameters`. The
+    modules are built on the meta device: no memory is allocated and the count is theirs.
     """
     _choice("core", core, CORES)
     _choice("plasticity", plasticity, PLASTICITY_MODES)
@@ -147,8 +170,8 @@ def core_hidden_size_for_params(
     plasticity: str = "per_synapse",
     max_hidden_size: int = 4096,
 ) -> int:
-    """The hidden size whose `count_core_parameters` is closest to `target` (ties: the smaller
-    size): the core (and heads) at `input_size` features, the encoder not counted.
+    """The core's hidden size whose `count_core_parameters` is closest to `target` (the
+    smaller one on a tie). Like that count, it leaves the encoder out.
 
     The paper compares models at about equal parameter counts, e.g. for Pong (2592 CNN
     features) `core_hidden_size_for_params(count_core_parameters("stpn", 2592, 64), core="lstm",
@@ -175,6 +198,6 @@ def core_hidden_size_for_params(
     return low
 
 
-# The names before the encoder was said to be left out; the same functions.
+# Old names, kept for existing code: the same functions (core only, encoder not counted).
 count_parameters = count_core_parameters
 hidden_size_for_params = core_hidden_size_for_params

@@ -39,6 +39,9 @@ class STPNNetwork(nn.Module):
     core: MemoryCore
     pi: nn.Linear
     vf: nn.Linear
+    # Always: a user's `vf_share_layers=False` is rejected where it can be told from the one
+    # RLlib injects (`rllib_stpn.model_config.check_vf_share_layers`).
+    shares_value_layers = True
 
     def __init__(
         self,

@@ -17,7 +17,6 @@ from typing import Any
 
 from rllib_stpn.experiments.checks import check_writable_dir
 from rllib_stpn.experiments.errors import ExperimentError
-from rllib_stpn.experiments.probe import flatten_result
 from rllib_stpn.metrics import ENV_RUNNERS, POWER_KEY, RETURN_KEY, STEPS_KEY, SYNAPTIC_POWER_MEAN
 
 __all__ = ["find_trials", "plot_runs", "read_progress", "read_results"]
@@ -60,6 +59,8 @@ def _float(value: Any) -> float:
 
 def _rows_from_json(path: Path) -> list[dict[str, Any]]:
     """One flat dict per line of Tune's result.json; a line cut off by a kill is skipped."""
+    from ray.tune.utils import flatten_dict  # Tune's own "a/b" keys (those of progress.csv)
+
     rows = []
     with open(path, "rb") as f:
         for line in f:
@@ -69,7 +70,7 @@ def _rows_from_json(path: Path) -> list[dict[str, Any]]:
                 continue
             if isinstance(result, dict):
                 result.pop("config", None)
-                rows.append(flatten_result(result))
+                rows.append(flatten_dict(result))
     return rows
 
 

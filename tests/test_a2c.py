@@ -461,6 +461,49 @@ def test_bootstrap_rows_give_rllib_layout_loss_and_gradients(rollout):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
+def _loop_value_targets(v, r, term, trunc, gamma, lambda_, bootstrap_truncated):
+    """GAE targets written as the textbook loop, one step at a time, in float64."""
+    targets, running = np.zeros(len(v)), 0.0
+    for t in reversed(range(len(v))):
+        ends = term[t] or trunc[t]  # no advantage flows back across a chunk's end
+        stops = term[t] or (trunc[t] and not bootstrap_truncated)  # no V(s_{t+1}) then
+        next_v = 0.0 if stops or t + 1 == len(v) else v[t + 1]
+        running = r[t] + gamma * next_v - v[t] + (0.0 if ends else gamma * lambda_ * running)
+        targets[t] = running + v[t]
+    return targets
+
+
+@pytest.mark.parametrize("bootstrap_truncated", [True, False])
+@pytest.mark.parametrize("lambda_", [0.0, 0.7, 1.0])
+def test_value_targets_equal_the_textbook_loop(lambda_, bootstrap_truncated) -> None:
+    """RLlib's compute_value_targets plus A2C's bootstrap_truncated step, against a loop."""
+    from rllib_stpn.algorithms.a2c_learner import compute_a2c_value_targets
+
+    rng = np.random.default_rng(3)
+    n = 400
+    v, r = rng.normal(0, 5, n), rng.normal(0, 1, n)
+    term = (rng.random(n) < 0.05).astype(np.float64)
+    trunc = (rng.random(n) < 0.1) * (1 - term)
+    got = compute_a2c_value_targets(
+        v, r, term, trunc, gamma=0.9, lambda_=lambda_, bootstrap_truncated=bootstrap_truncated
+    )
+    want = _loop_value_targets(v, r, term, trunc, 0.9, lambda_, bootstrap_truncated)
+    assert got.dtype == np.float32
+    # RLlib rounds the advantage to float32 before adding V: one or two float32 roundings.
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    # Monte-Carlo: a truncated 3-step chunk, no bootstrap, gives the discounted reward sum.
+    mc = compute_a2c_value_targets(
+        np.array([1.0, 2.0, 3.0, 50.0]),  # the last one: V of the phantom step, never used
+        np.array([1.0, 0.0, 2.0, 0.0]),
+        np.zeros(4),
+        np.array([0.0, 0.0, 1.0, 0.0]),
+        gamma=0.5,
+        lambda_=1.0,
+        bootstrap_truncated=False,
+    )
+    np.testing.assert_allclose(mc[:3], [1.5, 1.0, 2.0])
+
+
 # --- several learners ------------------------------------------------------------------------
 
 

@@ -414,6 +414,7 @@ def test_remote_storage_path_reaches_tune_unchanged(monkeypatch):
     (exp,) = ex.parse_experiments({"tiny": _tiny_spec()}, storage_path="s3://bucket/runs")
     ex.run_experiment(exp, validate=False)
     assert seen["storage_path"] == "s3://bucket/runs"
+    assert seen["trial_name_creator"] is ex.trial_name  # A2C_stpn_Maze-v0_<id>: names the core
     (exp,) = ex.parse_experiments({"tiny": _tiny_spec()}, storage_path="~/runs")
     ex.run_experiment(exp, validate=False)
     assert seen["storage_path"] == os.path.expanduser("~/runs")

@@ -123,3 +123,37 @@ def test_names_dir_and_unknown_attribute():
         assert getattr(rllib_stpn, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'STPNModle'"):
         rllib_stpn.STPNModle  # noqa: B018
+
+
+def test_no_import_circle_between_modules():
+    """Every import of the package (top-level, in functions, under TYPE_CHECKING) as a graph
+    of modules has no cycle. Importing `a.b.c` imports the packages `a` and `a.b` first, so
+    they count too, except a module's own parent packages (being imported already)."""
+    import ast
+    import graphlib
+
+    root = Path(rllib_stpn.__file__).parent
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def owner(name: str) -> str:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in modules.items():
+        named = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                named |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                named |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        targets = {owner(n) for n in named if n.startswith("rllib_stpn")}
+        with_parents = {
+            ".".join(m.split(".")[:i]) for m in targets for i in range(1, m.count(".") + 2)
+        }
+        graph[name] = {m for m in with_parents if m != name and not name.startswith(m + ".")}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the circle

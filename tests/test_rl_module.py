@@ -261,6 +261,44 @@ def test_model_config_errors_list_valid_values():
     assert validate_model_config({"vf_share_layers": False})["core"] == "stpn"
 
 
+def test_vf_share_layers_injected_false_works_a_users_false_is_one_line():
+    """STPNModel shares encoder and core between its heads. PPO, APPO and A2C inject
+    vf_share_layers=False into every model_config: that must still build; a user's own False
+    is rejected where it can be told apart (A2CConfig), and a non-bool anywhere."""
+    from ray.rllib.algorithms.appo import APPOConfig
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rllib_stpn import A2CConfig
+
+    spaces = {"default_policy": (VEC_OBS, ACT)}
+
+    def config(cls, user=None, **model):
+        spec = RLModuleSpec(module_class=STPNModel, model_config={"hidden_size": 4, **model})
+        user = {} if user is None else {"model_config": user}
+        return cls().environment("CartPole-v1").rl_module(rl_module_spec=spec, **user)
+
+    for cls in (PPOConfig, APPOConfig, A2CConfig):
+        c = config(cls)
+        assert c.model_config["vf_share_layers"] is False  # RLlib's (and A2C's) injection
+        c.validate()
+        module = c.get_rl_module_spec(spaces=spaces).build()
+        # One encoder and one core, read by both heads: no separate value branch.
+        assert {name for name, _ in module.named_children()} == {"encoder", "core", "pi", "vf"}
+        config(cls, vf_share_layers=True).validate()
+    message = r"vf_share_layers'\]=False: STPNModel's policy and value heads always share"
+    with pytest.raises(ValueError, match=message):
+        config(A2CConfig, vf_share_layers=False).validate()
+    with pytest.raises(ValueError, match=message):
+        config(A2CConfig, user={"vf_share_layers": False}).validate()
+    with pytest.raises(ValueError, match=r"'vf_share_layers'\] must be True or False, got 'no'"):
+        validate_model_config({"vf_share_layers": "no"})
+    # RLlib's own module for an A2C baseline honours vf_share_layers itself: left alone.
+    A2CConfig().environment("CartPole-v1").rl_module(
+        model_config={"use_lstm": True, "vf_share_layers": False}
+    ).validate()
+
+
 @pytest.mark.parametrize("core", ["stpn", "stpnf"])
 def test_stpn_variant_keys_reach_the_layer(core):
     """f_clamp, post_update_norm and weight_init build the layer with them: the state F after a

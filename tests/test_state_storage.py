@@ -114,6 +114,37 @@ def test_import_changes_nothing_in_rllib():
     )
 
 
+@pytest.mark.parametrize(
+    "algo,opt_in,key,compact",
+    [
+        ("ppo", False, None, False),  # a PPOConfig built in Python: RLlib's path, the key idle
+        ("ppo", True, None, True),  # after compact_states(config): the default True acts
+        ("ppo", True, False, False),
+        ("a2c", False, None, True),  # A2C installs the pieces itself
+        ("a2c", False, False, False),
+    ],
+)
+def test_compact_states_key_acts_exactly_where_documented(algo, opt_in, key, compact):
+    """model_config["compact_states"] (default True) chooses between the two paths only where
+    rllib_stpn's pieces are in the pipelines (A2C, or after compact_states(config))."""
+    model_config = {"hidden_size": 8, "max_seq_len": MAX_SEQ_LEN}
+    if key is not None:
+        model_config["compact_states"] = key
+    config = (
+        (A2CConfig() if algo == "a2c" else PPOConfig())
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=7)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=STPNModel, model_config=model_config))
+    )
+    if opt_in:
+        compact_states(config)
+    episodes = SingleAgentEnvRunner(config=config).sample(explore=False)
+    for ep in episodes:
+        per_step = ep.get_extra_model_outputs(key=Columns.STATE_OUT)
+        assert set(per_step) == ({"h"} if compact else {"h", "F"})
+        assert (STATES_KEY in ep.custom_data) == compact
+
+
 @pytest.mark.parametrize("algo", ["ppo", "a2c"])
 def test_pipelines_hold_the_compact_pieces(algo):
     runner = SingleAgentEnvRunner(config=make_config(algo=algo))

@@ -200,3 +200,32 @@ def test_unknown_run_and_env_suggest_close_names():
         ex.check_env("CartPole-v9")
     ex.check_env("stpn/Maze-v0")  # registered with Tune and gymnasium on import
     ex.check_env("CartPole-v1")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_trial_names_say_the_core_not_the_env_namespace(name):
+    """Tune's own name would be e.g. A2C_stpn_Maze-v0_... for the LSTM (the `stpn/` namespace)."""
+    from types import SimpleNamespace
+
+    run, env, core, *_ = PAPER[name]
+    exp = _load(name)
+    param = ex.to_param_space(next(ex.variants(exp.config)), ex.resolve_algorithm(exp.run))
+    trial = SimpleNamespace(trainable_name=run, trial_id="3f2a1_00000", config=param)
+    assert ex.trial_name(trial) == f"{run}_{core}_{env.split('/')[1]}_3f2a1_00000"
+
+
+def test_trial_names_of_other_models():
+    from types import SimpleNamespace
+
+    def name(config: dict) -> str:
+        return ex.trial_name(SimpleNamespace(trainable_name="PPO", trial_id="t1", config=config))
+
+    assert name({"env": "CartPole-v1"}) == "PPO_CartPole-v1_t1"
+    assert name({"env": "CartPole-v1", "_model_config": {"use_lstm": True}}) == (
+        "PPO_lstm_CartPole-v1_t1"
+    )
+    old_stack = {"custom_model": "stpn", "custom_model_config": {"core": "rnn"}}
+    assert name({"env": "ALE/Pong-v5", "model": old_stack}) == "PPO_rnn_Pong-v5_t1"
+    assert name({"env": "stpn/Maze-v0", "model": {"custom_model": "stpn"}}) == (
+        "PPO_stpn_Maze-v0_t1"
+    )

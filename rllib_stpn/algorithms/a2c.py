@@ -12,6 +12,7 @@ The loss lives in :mod:`rllib_stpn.algorithms.a2c_learner`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,11 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.schedules.scheduler import Scheduler
 
-from rllib_stpn import state_storage
+from rllib_stpn.state_storage.pipelines import (
+    install_env_to_module,
+    install_learner,
+    install_module_to_env,
+)
 
 if TYPE_CHECKING:
     from typing import Self  # Python >= 3.11; annotations are strings here (no runtime use)
@@ -48,6 +53,13 @@ if TYPE_CHECKING:
 def _is_number(value: Any) -> bool:
     """A real, finite number (NaN or infinity would train to NaN weights without an error)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _as_dict(model_config: Any) -> dict[str, Any]:
+    """A model_config as a dict (RLlib also takes a DefaultModelConfig dataclass, or None)."""
+    if dataclasses.is_dataclass(model_config):
+        return dataclasses.asdict(model_config)
+    return dict(model_config or {})
 
 
 class A2CConfig(AlgorithmConfig):
@@ -79,6 +91,10 @@ class A2CConfig(AlgorithmConfig):
                       vf_loss_coeff=0.1, entropy_coeff=0.03, lr=1e-4, grad_clip=4.0)
         )
     """
+
+    # Its pipeline builders below install the compact-state pieces themselves (read by
+    # `rllib_stpn.compact_states`, which then leaves the config as it is).
+    compact_states_built_in = True
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or A2C)
@@ -129,7 +145,7 @@ class A2CConfig(AlgorithmConfig):
     def build_env_to_module_connector(self, env=None, spaces=None, device=None):
         pipeline = super().build_env_to_module_connector(env=env, spaces=spaces, device=device)
         if self.add_default_connectors_to_env_to_module_pipeline:
-            state_storage.install_env_to_module(pipeline)
+            install_env_to_module(pipeline)
         return pipeline
 
     @override(AlgorithmConfig)
@@ -137,7 +153,7 @@ class A2CConfig(AlgorithmConfig):
         pipeline = super().build_module_to_env_connector(env=env, spaces=spaces)
         if self.add_default_connectors_to_module_to_env_pipeline:
             # A2C's learner rows never start after a chunk's last step: its state stays here.
-            state_storage.install_module_to_env(pipeline, ship_last=False)
+            install_module_to_env(pipeline, ship_last=False)
         return pipeline
 
     @override(AlgorithmConfig)
@@ -153,7 +169,7 @@ class A2CConfig(AlgorithmConfig):
             pipeline.prepend(AddOneTsToEpisodesAndTruncate())
             pipeline.insert_after(AddTimeDimToBatchAndZeroPad, A2CTrainingRows())
             pipeline.remove(AddTimeDimToBatchAndZeroPad)
-            state_storage.install_learner(pipeline, row_starts=bootstrap_row_starts)
+            install_learner(pipeline, row_starts=bootstrap_row_starts)
         return pipeline
 
     @override(AlgorithmConfig)
@@ -219,6 +235,12 @@ class A2CConfig(AlgorithmConfig):
         """Raises a one-line ValueError for the first bad A2C setting."""
         if not (self.enable_rl_module_and_learner and self.enable_env_runner_and_connector_v2):
             raise ValueError("A2C runs on RLlib's new API stack only; do not disable it")
+        spec = self._rl_module_spec
+        if getattr(getattr(spec, "module_class", None), "shares_value_layers", False):
+            from rllib_stpn.model_config import check_vf_share_layers
+
+            # The user's own settings: model_config() has A2C's injected False in it.
+            check_vf_share_layers({**_as_dict(self._model_config), **_as_dict(spec.model_config)})
         for name in ("use_critic", "bootstrap_truncated", "standardize_advantages"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}")
@@ -322,8 +344,8 @@ class A2C(Algorithm):
                 return
             self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
 
-        # Exactly one gradient step on the whole batch (advantages are computed by the
-        # learner connector, see A2CTorchLearner.build).
+        # Exactly one gradient step on the whole batch (advantages and value targets are
+        # computed in the loss, see A2CTorchLearner.compute_loss_for_module).
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             learner_results = self._update_learners(
                 episodes,

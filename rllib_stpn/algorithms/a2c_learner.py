@@ -16,17 +16,17 @@ from ray.rllib.core.rl_module.apis.value_function_api import ValueFunctionAPI
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.lambda_defaultdict import LambdaDefaultDict
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.postprocessing.value_predictions import compute_value_targets
 from ray.rllib.utils.schedules.scheduler import Scheduler
 from ray.rllib.utils.spaces.space_utils import batch as batch_fn
 from ray.rllib.utils.torch_utils import explained_variance
 
-from rllib_stpn.state_storage import single_module
+from rllib_stpn.state_storage.container import single_module
 
 if TYPE_CHECKING:
+    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig  # here an A2CConfig
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
     from ray.rllib.utils.typing import EpisodeType, ModuleID, TensorType
-
-    from rllib_stpn.algorithms.a2c import A2CConfig
 
 VF_EXPLAINED_VAR_KEY = "vf_explained_var"
 CURR_ENTROPY_COEFF_KEY = "curr_entropy_coeff"
@@ -43,35 +43,24 @@ def compute_a2c_value_targets(
     lambda_: float,
     bootstrap_truncated: bool,
 ) -> np.ndarray:
-    """Returns GAE(lambda_) value targets (advantage = target - value) for a flat batch.
+    """GAE(lambda_) value targets (advantage = target - value) for a flat batch, float32.
 
-    The layout is RLlib's ``AddOneTsToEpisodesAndTruncate`` one: episodes (chunks) are
-    concatenated and each ends with one phantom step whose value is V of the chunk's last
-    observation; the last real step carries ``terminated`` (no bootstrap) or ``truncated``
-    (chunk boundary). With ``bootstrap_truncated=False`` a truncated chunk is treated like a
-    terminated one, i.e. its return is the discounted reward sum of the chunk alone.
-    Targets at phantom steps are meaningless (they are masked out of the loss).
+    RLlib's ``compute_value_targets`` on the ``AddOneTsToEpisodesAndTruncate`` layout: chunks
+    concatenated, each ending with one phantom step whose value is V of the chunk's last
+    observation (its target is meaningless and masked out of the loss). The one step around
+    it is A2C's ``bootstrap_truncated=False``: a truncated chunk is then treated like a
+    terminated one, so its return is the discounted reward sum of the chunk alone.
     """
-    values = np.asarray(values, dtype=np.float64)
-    rewards = np.asarray(rewards, dtype=np.float64)
-    terminateds = np.asarray(terminateds, dtype=np.float64)
-    truncateds = np.asarray(truncateds, dtype=np.float64)
-    # Whether V(s_{t+1}) enters the one-step target of step t.
-    if bootstrap_truncated:
-        bootstrap = 1.0 - terminateds
-    else:
-        bootstrap = (1.0 - terminateds) * (1.0 - truncateds)
-    # Whether the recursion may carry advantage t+1 into t (never across chunk ends).
-    propagate = (1.0 - terminateds) * (1.0 - truncateds)
-    next_values = np.append(values[1:], 0.0)
-    deltas = rewards + gamma * bootstrap * next_values - values
-    advantages = np.empty_like(deltas)
-    running = 0.0
-    decay = gamma * lambda_
-    for t in range(len(deltas) - 1, -1, -1):
-        running = deltas[t] + decay * propagate[t] * running
-        advantages[t] = running
-    return (advantages + values).astype(np.float32)
+    if not bootstrap_truncated:
+        terminateds = np.maximum(terminateds, truncateds)
+    return compute_value_targets(
+        values=values,
+        rewards=rewards,
+        terminateds=terminateds,
+        truncateds=truncateds,
+        gamma=gamma,
+        lambda_=lambda_,
+    )
 
 
 def bootstrap_row_starts(length: int, max_seq_len: int) -> range:
@@ -189,7 +178,7 @@ class A2CTorchLearner(TorchLearner):
         return [ValueFunctionAPI]
 
     def _advantages_and_targets(
-        self, config: A2CConfig, batch: dict[str, Any], values: torch.Tensor
+        self, config: AlgorithmConfig, batch: dict[str, Any], values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Advantages and value targets (no gradient), shaped like ``values``."""
         steps = step_mask(batch, values)  # real + phantom steps, without zero padding
@@ -226,7 +215,7 @@ class A2CTorchLearner(TorchLearner):
         self,
         *,
         module_id: ModuleID,
-        config: A2CConfig,
+        config: AlgorithmConfig,
         batch: dict[str, Any],
         fwd_out: dict[str, TensorType],
     ) -> TensorType:

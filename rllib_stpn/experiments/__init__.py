@@ -41,11 +41,16 @@ from rllib_stpn.experiments.probe import (
 from rllib_stpn.experiments.probe import (
     check_resources,
     check_stop_keys,
-    flatten_result,
     probe_result,
     trial_resources,
 )
-from rllib_stpn.experiments.run import METRIC_COLUMNS, make_progress_reporter, run_experiment
+from rllib_stpn.experiments.run import (
+    METRIC_COLUMNS,
+    make_progress_reporter,
+    model_core,
+    run_experiment,
+    trial_name,
+)
 from rllib_stpn.experiments.translate import to_param_space
 from rllib_stpn.experiments.yaml_format import (
     Experiment,
@@ -72,12 +77,12 @@ __all__ = [
     "check_writable_dir",
     "deep_merge",
     "did_you_mean",
-    "flatten_result",
     "grid_keys",
     "is_grid",
     "load_experiments",
     "make_checkpoint_config",
     "make_progress_reporter",
+    "model_core",
     "one_line",
     "parse_experiments",
     "probe_result",
@@ -85,6 +90,7 @@ __all__ = [
     "run_experiment",
     "storage_path",
     "to_param_space",
+    "trial_name",
     "trial_resources",
     "validate_experiment",
     "variants",

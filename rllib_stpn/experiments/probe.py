@@ -15,7 +15,6 @@ from rllib_stpn.metrics import STEPS_KEY
 __all__ = [
     "check_resources",
     "check_stop_keys",
-    "flatten_result",
     "probe_result",
     "trial_resources",
 ]
@@ -139,7 +138,9 @@ def probe_result(experiment: Experiment) -> dict[str, Any]:
             if made_results_dir:
                 _remove_empty_dir(_default_logdir_root())
     result.pop("config", None)
-    return flatten_result(result)
+    from ray.tune.utils import flatten_dict
+
+    return flatten_dict(result)  # the "a/b" keys of progress.csv and stop criteria
 
 
 def _default_logdir_root() -> str:
@@ -155,14 +156,3 @@ def _remove_empty_dir(path: str | None) -> None:
             os.rmdir(path)
         except OSError:
             pass
-
-
-def flatten_result(result: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Tune's flat "a/b" keys of a nested result (those of progress.csv and stop criteria)."""
-    flat: dict[str, Any] = {}
-    for key, value in result.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten_result(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -95,10 +95,10 @@ def to_param_space(config: Mapping[str, Any], algo_cls: type) -> dict[str, Any]:
             config["_rl_module_spec"] = RLModuleSpec(module_class=_stpn_model_class())
             config["_model_config"] = model_config
             power_callback = True
-            if not _builds_own_compact_states(algo_cls):
-                # STPN states stored once per training sequence (A2C does so by itself).
-                from rllib_stpn.state_storage import compact_state_connectors
+            from rllib_stpn.state_storage import builds_own_compact_states, compact_state_connectors
 
+            if not builds_own_compact_states(default):
+                # STPN states stored once per training sequence (A2C does so by itself).
                 config.update(compact_state_connectors(config))
         else:
             raise ExperimentError(
@@ -117,12 +117,6 @@ def to_param_space(config: Mapping[str, Any], algo_cls: type) -> dict[str, Any]:
             else:
                 config["callbacks"] = [user, callback]
     return config
-
-
-def _builds_own_compact_states(algo_cls: type) -> bool:
-    from rllib_stpn.algorithms.a2c import A2C
-
-    return issubclass(algo_cls, A2C)
 
 
 def _default_model_keys() -> set[str]:

@@ -28,7 +28,11 @@ pieces), ``pipelines`` (into RLlib-built pipelines), ``config`` (``compact_state
 
 from __future__ import annotations
 
-from rllib_stpn.state_storage.config import compact_state_connectors, compact_states
+from rllib_stpn.state_storage.config import (
+    builds_own_compact_states,
+    compact_state_connectors,
+    compact_states,
+)
 from rllib_stpn.state_storage.connectors import (
     AddSynapticStatesToBatch,
     BatchSynapticStates,
@@ -55,6 +59,7 @@ __all__ = [
     "BatchSynapticStates",
     "MoveSynapticStateToEpisode",
     "SynapticStates",
+    "builds_own_compact_states",
     "compact_state_connectors",
     "compact_state_keys",
     "compact_states",

@@ -18,7 +18,7 @@ from rllib_stpn.state_storage.connectors import (
     MoveSynapticStateToEpisode,
 )
 
-__all__ = ["compact_state_connectors", "compact_states"]
+__all__ = ["builds_own_compact_states", "compact_state_connectors", "compact_states"]
 
 
 class _WithCompactStates:
@@ -85,9 +85,14 @@ def compact_states(config: Any) -> Any:
     and learner process, Tune trials included. Modules without large state keys, or with
     `model_config["compact_states"] = False`, are unaffected. Idempotent; returns `config`.
 
+    Without this call a config other than A2C's runs RLlib's default path (F stored at every
+    step) although `model_config["compact_states"]` defaults to True: that key only chooses
+    between the two paths where these pieces are installed. `rllib train file` does the same
+    for every new-stack `custom_model: stpn` experiment.
+
         config = rllib_stpn.compact_states(PPOConfig().environment(...).rl_module(...))
     """
-    if _is_a2c(config):
+    if builds_own_compact_states(config):
         return config
     if config.is_multi_agent:
         raise ValueError("compact_states supports single-agent configs only")
@@ -102,7 +107,10 @@ def compact_states(config: Any) -> Any:
     return config
 
 
-def _is_a2c(config: Any) -> bool:
-    from rllib_stpn.algorithms.a2c import A2CConfig
+def builds_own_compact_states(config: Any) -> bool:
+    """True for a config (or Algorithm class' default config) whose own pipeline builders
+    install the compact-state pieces, as `A2CConfig` declares with `compact_states_built_in`.
 
-    return isinstance(config, A2CConfig)
+    An attribute rather than an isinstance check, so that this package needs no algorithm.
+    """
+    return bool(getattr(config, "compact_states_built_in", False))
