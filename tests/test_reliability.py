@@ -450,3 +450,26 @@ def test_evaluate_out_is_checked_before_evaluating(tmp_path, capsys, no_ray_star
     assert cli.main(["evaluate", str(tmp_path / "no-checkpoint"), "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rllib: error: ") and message in err, err
+
+
+def test_train_passes_the_non_finite_warning_to_tune(tmp_path, monkeypatch, capsys):
+    """`rllib train` hands Tune the callback above (Tune itself is replaced here)."""
+    from types import SimpleNamespace
+
+    from rllib_stpn import cli
+    from rllib_stpn import experiments as ex
+    from rllib_stpn.callbacks import NonFiniteWarning
+
+    seen = {}
+
+    def fake_run(exp, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(experiment_path=str(tmp_path / "results"), trials=[])
+
+    monkeypatch.setattr(cli, "_init_ray", lambda *a, **kw: None)
+    monkeypatch.setattr(cli, "_cluster_address", lambda: "ray://elsewhere:10001")
+    monkeypatch.setattr(ex, "run_experiment", fake_run)
+    (tmp_path / "tiny.yaml").write_text(TINY_MAZE)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "file", "tiny.yaml", "--storage-path", "results"]) == 0
+    assert [type(c) for c in seen["callbacks"]] == [NonFiniteWarning]
