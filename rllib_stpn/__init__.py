@@ -7,8 +7,7 @@ STPNModel, ...) import Ray and call :func:`register` on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import importlib  # already loaded by Python's start-up: Ctrl-C is caught from here on
 
 __version__ = "0.1.0"
 
@@ -29,6 +28,7 @@ _RLLIB_NAMES = {
     "STPNModelV2": "rllib_stpn.model_v2",
     "SynapticPowerCallback": "rllib_stpn.callbacks",
     "compact_states": "rllib_stpn.state_storage",
+    "restore_algorithm": "rllib_stpn.checkpoints",
 }
 _LAZY = {**_TORCH_NAMES, **_RLLIB_NAMES}
 
@@ -58,7 +58,7 @@ def register() -> None:
     _registered = True
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'rllib_stpn' has no attribute {name!r}")

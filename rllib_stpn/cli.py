@@ -86,12 +86,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet(verbose: bool, uses_ray: bool) -> None:
-    """Keep the terminal to our table: no Ray/RLlib warnings unless -v."""
+    """Keep the terminal to our table: no Ray/RLlib warnings unless -v.
+
+    Importing Ray configures its loggers (levels included), so Ray is imported first.
+    """
     if verbose:
         return
     warnings.filterwarnings("ignore")
     if uses_ray:
-        # Ray sets its loggers' levels when first imported: import it before lowering them.
         import ray  # noqa: F401
     for name in ("ray", "ray.rllib", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -111,6 +113,7 @@ def _init_ray(verbose: bool, num_cpus: int | None = None) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from rllib_stpn import experiments as ex
+    from rllib_stpn.checkpoints import check_resume
 
     stop = _json_option("--stop")(args.stop) if args.stop is not None else None
     override = _json_option("--config")(args.config) if args.config is not None else None
@@ -134,6 +137,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     for exp in exps:  # every experiment is checked before the first one starts
         ex.validate_experiment(exp)
+        if args.resume and "://" not in ex.storage_path(exp):
+            check_resume(os.path.join(ex.storage_path(exp), exp.name))
         if args.num_cpus is not None:
             ex.check_resources(exp, {"CPU": args.num_cpus}, "--num-cpus gives it only")
 
@@ -147,6 +152,8 @@ def _train(args: argparse.Namespace) -> int:
             ex.check_resources(exp, ray.cluster_resources(), "the local Ray has only")
     for exp in exps:
         ex.check_stop_keys(exp)
+    from rllib_stpn.callbacks import NonFiniteWarning
+
     failed = 0
     for exp in exps:
         analysis = ex.run_experiment(
@@ -156,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
             progress_reporter=ex.make_progress_reporter(exp),
             verbose=1,
             validate=False,
+            callbacks=[NonFiniteWarning()],
         )
         errors, unfinished = _summarize_run(exp, analysis)
         failed += errors

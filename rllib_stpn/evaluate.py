@@ -7,16 +7,24 @@ evaluates on a laptop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rllib_stpn.checkpoints import checkpoint_problem, find_checkpoint
 from rllib_stpn.experiments.checks import check_writable_dir
 from rllib_stpn.experiments.errors import ExperimentError, one_line
-from rllib_stpn.metrics import SYNAPTIC_POWER, SYNAPTIC_POWER_MEAN, SYNAPTIC_POWER_STD
+from rllib_stpn.metrics import (
+    POWER_CAUSE,
+    SYNAPTIC_POWER,
+    SYNAPTIC_POWER_MEAN,
+    SYNAPTIC_POWER_STD,
+)
 
 __all__ = [
     "check_output_file",
@@ -25,78 +33,57 @@ __all__ = [
     "evaluate_checkpoint",
     "find_checkpoint",
     "format_table",
+    "non_finite",
     "summarize",
 ]
 
-CHECKPOINT_MARKER = "rllib_checkpoint.json"
-# Files (alternatives separated by "|") an Algorithm checkpoint needs for its weights.
-_REQUIRED_NEW_STACK = (
-    "algorithm_state.pkl|algorithm_state.msgpack",
-    "learner_group/learner/rl_module",
-)
-_REQUIRED_OLD_STACK = ("algorithm_state.pkl|algorithm_state.msgpack", "policies")
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """The RLlib checkpoint at ``path``, or the newest complete one below it (trial or
-    experiment dir); an incomplete or corrupt checkpoint raises ExperimentError."""
-    path = Path(path).expanduser().absolute()  # RLlib's restore takes a relative path for a URI
-    if not path.exists():
-        raise ExperimentError(f"checkpoint not found: {path}")
-    if (path / CHECKPOINT_MARKER).is_file():
-        problem = checkpoint_problem(path)
-        if problem:
-            raise ExperimentError(f"checkpoint {path} is unusable: {problem}")
-        return path
-    # Algorithm checkpoints only, not the policy checkpoints inside old-stack ones.
-    found = sorted(p.parent for p in path.rglob(CHECKPOINT_MARKER))
-    found = [p for p in found if not any(q in p.parents for q in found)]
-    if not found:
-        raise ExperimentError(f"no RLlib checkpoint in {path}")
-    # A run killed while writing a checkpoint leaves an incomplete one: use the newest whole.
-    newest_first = sorted(found, key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
-    problems = {p: checkpoint_problem(p) for p in newest_first}
-    usable = [p for p in newest_first if problems[p] is None]
-    if not usable:
-        latest = newest_first[0]
-        raise ExperimentError(
-            f"no usable RLlib checkpoint in {path} ({latest}: {problems[latest]})"
-        )
-    return usable[0]
-
-
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """What makes ``checkpoint`` unusable (a missing or unreadable file), or None.
-
-    RLlib's restore silently skips a missing component directory (the weights would then be
-    the random initial ones), so the files the evaluation needs are checked here, and every
-    pickle and JSON file must load.
-    """
-    new_stack = (checkpoint / "class_and_ctor_args.pkl").is_file()
-    for required in _REQUIRED_NEW_STACK if new_stack else _REQUIRED_OLD_STACK:
-        if not any((checkpoint / name).exists() for name in required.split("|")):
-            return f"{required.replace('|', ' or ')} is missing (an incomplete checkpoint)"
-    if new_stack:
-        modules = checkpoint / "learner_group/learner/rl_module"
-        if not any(modules.glob("*/module_state.*")):
-            return f"no module weights (module_state.*) in {modules.relative_to(checkpoint)}"
-    for file in sorted(checkpoint.rglob("*")):
-        if file.suffix not in (".pkl", ".json"):
-            continue
-        try:
-            with open(file, "rb") as f:
-                pickle.load(f) if file.suffix == ".pkl" else json.load(f)
-        except Exception as err:
-            return f"{file.relative_to(checkpoint)} cannot be read ({one_line(err)})"
-    return None
-
 
 def check_output_file(path: str | Path) -> None:
-    """Fail unless a JSON file can be written at ``path`` (its directories may be created)."""
+    """Fail unless a JSON file can be written at ``path`` (its directories may be created).
+
+    Checked by writing, as ``os.access`` says yes to root even where a write fails.
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         raise ExperimentError(f"--out {path} is a directory; give a file name")
     check_writable_dir(path.absolute().parent, "--out directory")
+    if path.exists():
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as err:
+            raise ExperimentError(f"--out {path} cannot be written: {err.strerror}") from None
+
+
+@contextlib.contextmanager
+def _private_logdir_root() -> Iterator[None]:
+    """An Algorithm built outside Tune makes an (empty) logdir ~/ray_results/<timestamp>;
+    evaluating should leave nothing there, so its root is a temporary directory meanwhile."""
+    from ray.tune.trainable import trainable
+
+    saved = trainable.DEFAULT_STORAGE_PATH
+    with tempfile.TemporaryDirectory(prefix="rllib-evaluate-") as root:
+        trainable.DEFAULT_STORAGE_PATH = root
+        try:
+            yield
+        finally:
+            trainable.DEFAULT_STORAGE_PATH = saved
+
+
+# A non-finite value of these result keys is reported, with its likely cause.
+NON_FINITE_CAUSES = {
+    "return_mean": "the env's rewards are not finite",
+    SYNAPTIC_POWER_MEAN: POWER_CAUSE,
+}
+
+
+def non_finite(result: dict[str, Any]) -> list[str]:
+    """The keys of ``NON_FINITE_CAUSES`` whose value in ``result`` is inf or NaN."""
+    return [
+        key
+        for key in NON_FINITE_CAUSES
+        if isinstance(result.get(key), float) and not math.isfinite(result[key])
+    ]
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -213,7 +200,7 @@ def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
     """
     env = algo.env_creator(algo.config.env_config)
     policy = algo.get_policy()
-    returns, lengths, powers = [], [], []
+    returns, lengths = [], []
     seed = algo.config.seed
     for i in range(episodes):
         obs, _ = env.reset(seed=None if seed is None else seed + i)
@@ -230,7 +217,7 @@ def _episodes_old_stack(algo: Any, episodes: int, explore: bool) -> tuple[list, 
         returns.append(total)
         lengths.append(steps)
     env.close()
-    return returns, lengths, powers
+    return returns, lengths, []
 
 
 def evaluate_algorithm(algo: Any, *, episodes: int = 10, explore: bool = True) -> dict[str, Any]:
@@ -263,12 +250,13 @@ def evaluate_checkpoint(
     import rllib_stpn
 
     rllib_stpn.register()  # the checkpoint's env id or "stpn" model must resolve
-    algo = _load_algorithm(checkpoint, seed)
-    try:
-        result = evaluate_algorithm(algo, episodes=episodes, explore=explore)
-        env = algo.config.env
-    finally:
-        algo.stop()
+    with _private_logdir_root():
+        algo = _load_algorithm(checkpoint, seed)
+        try:
+            result = evaluate_algorithm(algo, episodes=episodes, explore=explore)
+            env = algo.config.env
+        finally:
+            algo.stop()
     result.update(
         {
             "checkpoint": str(checkpoint),
@@ -277,11 +265,12 @@ def evaluate_checkpoint(
             "explore": explore,
         }
     )
+    result["non_finite"] = non_finite(result)
     return result
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if mean is None:
         return "n/a"
     return f"{mean:.4g} ± {std:.3g}"
 
@@ -299,14 +288,21 @@ def format_table(result: dict[str, Any]) -> str:
             _fmt(result[SYNAPTIC_POWER_MEAN], result[SYNAPTIC_POWER_STD]),
         ),
     ]
+    rows += [
+        ("NON-FINITE", f"{key} is {result[key]}: {NON_FINITE_CAUSES[key]}")
+        for key in result.get("non_finite", ())
+    ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Save ``result`` as JSON (NaN written as null); parent directories are created."""
+    """Save ``result`` as JSON (NaN and infinity written as null, the keys listed under
+    "non_finite"); parent directories are created."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()
+    }
     path.write_text(json.dumps(clean, indent=2) + "\n")
     return path

@@ -24,3 +24,13 @@ NUM_ENV_STEPS_SAMPLED_LIFETIME = "num_env_steps_sampled_lifetime"
 RETURN_KEY = f"{ENV_RUNNERS}/{EPISODE_RETURN_MEAN}"
 POWER_KEY = f"{ENV_RUNNERS}/{SYNAPTIC_POWER_MEAN}"
 STEPS_KEY = NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+# What a non-finite value of these metrics most likely means (training warning, evaluation).
+POWER_CAUSE = (
+    "the synaptic state F grew without bound; likely cause: an STPN core with normalize: false "
+    "and no f_clamp (set normalize: true or an f_clamp)"
+)
+LOSS_CAUSE = (
+    "training diverged; likely cause: non-finite model outputs (see the synaptic power) or a "
+    "learning rate too high"
+)

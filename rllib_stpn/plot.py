@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rllib_stpn.experiments.checks import check_writable_dir
 from rllib_stpn.experiments.errors import ExperimentError
 from rllib_stpn.metrics import ENV_RUNNERS, POWER_KEY, RETURN_KEY, STEPS_KEY, SYNAPTIC_POWER_MEAN
 
@@ -23,7 +24,7 @@ __all__ = ["find_trials", "plot_runs", "read_progress", "read_results"]
 # New-stack names first, then the old stack's.
 _STEPS = (STEPS_KEY, f"{ENV_RUNNERS}/{STEPS_KEY}", "timesteps_total")
 _RETURN = (RETURN_KEY, "episode_reward_mean", f"{ENV_RUNNERS}/episode_reward_mean")
-_POWER = (POWER_KEY, SYNAPTIC_POWER_MEAN, f"custom_metrics/{SYNAPTIC_POWER_MEAN}_mean")
+_POWER = (POWER_KEY, SYNAPTIC_POWER_MEAN)
 # P_t summed over all of the core's synapses (SPEC section 1), not a per-neuron mean.
 POWER_LABEL = "synaptic power per step (sum over synapses)"
 FIGURES = ("return_vs_steps.png", "power_vs_steps.png", "power_vs_return.png")
@@ -61,11 +62,11 @@ def _rows_from_json(path: Path) -> list[dict[str, Any]]:
     from ray.tune.utils import flatten_dict  # Tune's own "a/b" keys (those of progress.csv)
 
     rows = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for line in f:
             try:
-                result = json.loads(line)
-            except json.JSONDecodeError:
+                result = json.loads(line)  # bytes: UTF-8 (or -16/-32), else skipped
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 continue
             if isinstance(result, dict):
                 result.pop("config", None)
@@ -79,7 +80,7 @@ def _rows_from_csv(path: Path) -> list[dict[str, Any]]:
     After a resume Tune appends rows with the new run's columns under the old header without
     writing a new one; such rows cannot be attributed to columns and are left out.
     """
-    with open(path, newline="") as f:
+    with open(path, newline="", errors="replace") as f:  # undecodable bytes: not numbers
         reader = csv.reader(f)
         header = next(reader, [])
         return [dict(zip(header, row)) for row in reader if len(row) == len(header)]
@@ -139,24 +140,55 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None)
     import matplotlib.pyplot as plt
 
     trials = find_trials(run_dirs)
-    out = Path(out_dir if out_dir is not None else run_dirs[0]).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir if out_dir is not None else run_dirs[0]).expanduser().absolute()
+    check_writable_dir(out, "--out")
     data = {trial: read_progress(trial) for trial in trials}
+    if not any(_points(series, x, y) for series in data.values() for x, y, *_ in _SPECS):
+        raise ExperimentError(
+            f"nothing to plot: none of the {len(trials)} trial(s) under "
+            f"{', '.join(map(str, run_dirs))} has env steps with a return or synaptic power"
+        )
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _draw(plt, data, out, written)
+    except BaseException as err:
+        if created:  # an --out made for these figures goes again, with what is in it
+            for path in written:
+                path.unlink(missing_ok=True)
+            for folder in created:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+        if isinstance(err, OSError):
+            raise ExperimentError(f"--out {out} cannot be written: {err}") from None
+        raise
+    return written
 
-    specs = [
-        ("steps", "return", "environment steps", "episode return (mean)", FIGURES[0]),
-        ("steps", "power", "environment steps", POWER_LABEL, FIGURES[1]),
-        ("return", "power", "episode return (mean)", POWER_LABEL, FIGURES[2]),
+
+_SPECS = [
+    ("steps", "return", "environment steps", "episode return (mean)", FIGURES[0]),
+    ("steps", "power", "environment steps", POWER_LABEL, FIGURES[1]),
+    ("return", "power", "episode return (mean)", POWER_LABEL, FIGURES[2]),
+]
+
+
+def _points(series: dict[str, list[float]], x_key: str, y_key: str) -> list[tuple[float, float]]:
+    """The (x, y) pairs of one trial where both are finite."""
+    return [
+        (x, y)
+        for x, y in zip(series[x_key], series[y_key])
+        if math.isfinite(x) and math.isfinite(y)
     ]
-    written = []
-    for x_key, y_key, x_label, y_label, filename in specs:
+
+
+def _draw(plt: Any, data: dict[Path, dict[str, list[float]]], out: Path, written: list) -> None:
+    for x_key, y_key, x_label, y_label, filename in _SPECS:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for trial, series in data.items():
-            points = [
-                (x, y)
-                for x, y in zip(series[x_key], series[y_key])
-                if not (math.isnan(x) or math.isnan(y))
-            ]
+            points = _points(series, x_key, y_key)
             if not points:
                 continue
             xs, ys = zip(*points)
@@ -173,7 +205,10 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None)
             ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
         path = out / filename
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
         written.append(path)
-    return written
+        try:
+            fig.savefig(path, dpi=120)
+        except OSError as err:
+            raise ExperimentError(f"cannot write {path}: {err.strerror or err}") from None
+        finally:
+            plt.close(fig)

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def _torch_extensions_dir() -> str:
+    """The directory torch builds extensions in by default (under the real home), so that
+    moving HOME below does not rebuild the STPN kernel."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    if torch.version.hip is not None:
+        accelerator = "rocm" + torch.version.hip.replace(".", "")
+    elif torch.version.cuda is not None:
+        accelerator = "cu" + torch.version.cuda.replace(".", "")
+    else:
+        accelerator = "cpu"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return os.path.join(get_default_build_root(), f"{python}_{accelerator}")
+
+
+# The suite leaves nothing in the user's home: an Algorithm built outside Tune makes
+# ~/ray_results/<timestamp>, so HOME is a temporary directory for this process and every
+# process it starts (before Ray is imported: Ray reads it once).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", _torch_extensions_dir())
+_HOME = tempfile.mkdtemp(prefix="rllib-stpn-tests-home-")
+os.environ["HOME"] = _HOME
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def test_light_imports_leave_ray_out(code, heavy):
 
 
 def test_rllib_help_imports_neither_ray_nor_torch():
-    """The installed console script (rllib_stpn.cli:main), run as the shell runs it."""
+    """The installed console script (rllib_stpn.__main__:run), run as the shell runs it."""
     script = Path(sys.executable).with_name("rllib")
     if not script.exists():
         pytest.skip("the rllib console script is not installed next to this interpreter")

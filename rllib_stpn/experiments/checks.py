@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ _COUNT_SETTINGS = {
     "num_gpus_per_learner": (0, False, ()),
     "num_cpus_for_main_process": (0, False, ()),
     "rollout_fragment_length": (1, True, ("auto",)),
+    "evaluation_interval": (0, True, (None,)),
+    "seed": (0, True, (None,)),
     "train_batch_size_per_learner": (1, True, (None,)),
     "minibatch_size": (1, True, (None,)),
     "num_epochs": (1, True, ()),
@@ -107,12 +110,45 @@ def build_algorithm_config(experiment: Experiment, variant: Mapping[str, Any] | 
     try:
         config = algo_cls.get_default_config().update_from_dict(param)
         _check_counts(config)
+        _check_choices(config)
         config.validate()
     except ExperimentError:
         raise
     except Exception as err:
         raise ExperimentError(f"invalid config for {experiment.name!r}: {one_line(err)}") from None
     return config
+
+
+# AlgorithmConfig settings with a fixed set of values RLlib only checks inside a trial.
+_CHOICE_SETTINGS = {
+    "grad_clip_by": ("value", "norm", "global_norm"),
+    "batch_mode": ("truncate_episodes", "complete_episodes"),
+}
+
+
+def _check_choices(config: Any) -> None:
+    for name, allowed in _CHOICE_SETTINGS.items():
+        value = getattr(config, name, None)
+        if value not in allowed:
+            names = ", ".join(allowed)
+            raise ValueError(f"`{name}` must be one of {names}, got {value!r}")
+
+
+def _check_grids(value: Any, path: str) -> None:
+    """``{grid_search: [...]}`` needs a non-empty list (Tune fails inside its generator)."""
+    if isinstance(value, Mapping):
+        if "grid_search" in value:
+            grid = value["grid_search"]
+            if not isinstance(grid, list) or not grid:
+                raise ExperimentError(
+                    f"config value {path}: grid_search needs a non-empty list of values, "
+                    f"got {grid!r}"
+                )
+        for key, item in value.items():
+            _check_grids(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_grids(item, f"{path}[{i}]")
 
 
 def _check_counts(config: Any) -> None:
@@ -163,6 +199,7 @@ def validate_experiment(experiment: Experiment, *, build_module: bool = True) ->
     make_checkpoint_config(experiment.checkpoint_config)
     storage_path(experiment)
     _check_finite(experiment.config, "")
+    _check_grids(experiment.config, "")
     to_param_space(experiment.config, algo_cls)  # key errors before anything else
     spaces_by_env: dict[str, Any] = {}
     built: set[str] = set()
@@ -256,13 +293,32 @@ def storage_path(experiment: Experiment) -> str:
     return storage
 
 
+# Kernel pseudo filesystems: results never belong there, and as root a mkdir may even work
+# (under /sys/fs/cgroup it makes a cgroup).
+_PSEUDO_FS_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
 def check_writable_dir(path: str | os.PathLike, what: str) -> None:
-    """Fail unless ``path`` is a writable directory or can be created as one."""
-    path = Path(path)
+    """Fail unless ``path`` is a writable directory or can be created as one.
+
+    Checked by creating (and removing) a file in the nearest existing directory: ``os.access``
+    answers yes to root even on a read-only or pseudo filesystem.
+    """
+    path = Path(os.path.abspath(path))
+    shm = Path("/dev/shm")  # a tmpfs, a fine place for results
+    pseudo = [root for root in _PSEUDO_FS_ROOTS if path == root or root in path.parents]
+    if pseudo and not (path == shm or shm in path.parents):
+        raise ExperimentError(f"{what} {path} is on a kernel pseudo filesystem; choose another")
     if path.exists() and not path.is_dir():
         raise ExperimentError(f"{what} {path} is not a directory")
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
         raise ExperimentError(f"{what} {path} cannot be created: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ExperimentError(f"{what} {path} cannot be written: no permission in {existing}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rllib-write-test-", dir=existing)
+    except OSError as err:
+        raise ExperimentError(
+            f"{what} {path} cannot be written: {err.strerror or err} in {existing}"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)

@@ -89,10 +89,12 @@ def run_experiment(
     progress_reporter: Any = None,
     verbose: int = 1,
     validate: bool = True,
+    callbacks: list | None = None,
 ) -> Any:
     """Validate ``experiment``, then run it with ``tune.run``; returns Tune's ExperimentAnalysis.
 
     With ``validate`` the stop criteria are checked too (:func:`check_stop_keys`).
+    ``callbacks`` are Tune callbacks (e.g. ``rllib_stpn.callbacks.NonFiniteWarning``).
     """
     from ray import tune
 
@@ -114,4 +116,5 @@ def run_experiment(
         trial_name_creator=trial_name,
         verbose=verbose,
         raise_on_failed_trial=False,
+        callbacks=callbacks,
     )

@@ -54,6 +54,8 @@ _LEGACY_STOP_KEYS = {
 
 
 _MAX_VALIDATED_VARIANTS = 64
+# The most values an experiment file may hold (aliases counted each time they are used).
+MAX_VALUES = 100_000
 
 
 @dataclasses.dataclass
@@ -131,6 +133,7 @@ def parse_experiments(
     storage_path: str | None = None,
 ) -> list[Experiment]:
     """Experiments from an already parsed ``{name: {run, env, stop, config, ...}}`` mapping."""
+    check_size(data, source)
     if not isinstance(data, dict) or not data:
         raise ExperimentError(
             f"{source} must map experiment names to {{run, env, stop, config}}, got "
@@ -160,8 +163,13 @@ def parse_experiments(
         if "env" not in config:
             raise ExperimentError(f"experiment {name!r} in {source} names no 'env'")
 
-        exp_stop = dict(stop) if stop is not None else dict(spec.get("stop") or {})
-        ckpt = dict(spec.get("checkpoint_config") or {})
+        exp_stop = stop if stop is not None else (spec.get("stop") or {})
+        ckpt = spec.get("checkpoint_config") or {}
+        if not isinstance(ckpt, Mapping):
+            raise ExperimentError(
+                f"'checkpoint_config' of experiment {name!r} must be a mapping, got {ckpt!r}"
+            )
+        ckpt = dict(ckpt)
         if "checkpoint_freq" in spec:
             ckpt.setdefault("checkpoint_frequency", spec["checkpoint_freq"])
         if "checkpoint_at_end" in spec:
@@ -182,6 +190,26 @@ def parse_experiments(
             )
         )
     return experiments
+
+
+def check_size(data: Any, source: str, limit: int = MAX_VALUES) -> None:
+    """Refuse more than ``limit`` values, counting a value each time it is reached: YAML
+    aliases nested a few levels deep expand to billions (an "alias bomb"), and every later walk
+    over the config would take that long."""
+    count = 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            raise ExperimentError(
+                f"{source} is too large: more than {limit} values once its YAML aliases "
+                "(&anchor / *alias) are expanded; write the values out or use fewer aliases"
+            )
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
 
 
 def _translate_stop(stop: Mapping[str, Any], name: Any) -> dict[str, Any]:

@@ -12,10 +12,18 @@ build is logged at INFO. `available()` says whether the kernel can be used; it n
 `rllib_stpn.nn.fused` falls back to the pure-torch op (about 3x slower at the Pong size) when it
 is False, logging the reason once at WARNING; also for CUDA tensors, and without a warning when
 the environment variable RLLIB_STPN_NO_CPP=1 asks for it.
+
+torch guards a build with a `lock` file that nothing removes when the builder is killed, and it
+waits for that file forever. So the build runs under an flock of our own (`build.flock` in the
+build directory, released by the kernel when a process dies): whoever holds it knows any torch
+`lock` left there is stale and removes it. Waiting for a live builder is bounded
+(RLLIB_STPN_KERNEL_LOCK_TIMEOUT seconds, default 900) and ends in a one-line error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -39,6 +47,8 @@ from rllib_stpn.nn.functional import (
 logger = logging.getLogger(__name__)
 
 DISABLE_ENV = "RLLIB_STPN_NO_CPP"
+LOCK_TIMEOUT_ENV = "RLLIB_STPN_KERNEL_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT_S = 900.0
 SOURCE = Path(__file__).with_name("stpn_kernel.cpp")
 
 
@@ -95,6 +105,58 @@ def _ensure_ninja_on_path() -> None:
             return
 
 
+class KernelLockTimeout(RuntimeError):
+    """Another process held the kernel's build lock for longer than the timeout."""
+
+
+def _lock_timeout() -> float:
+    text = os.environ.get(LOCK_TIMEOUT_ENV, "").strip()
+    try:
+        return float(text) if text else DEFAULT_LOCK_TIMEOUT_S
+    except ValueError:
+        return DEFAULT_LOCK_TIMEOUT_S
+
+
+def build_directory(name: str) -> Path:
+    """Where torch builds extension `name` (created if missing)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(name, verbose=False))
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: Path, timeout: float | None = None):
+    """Hold `build_dir/build.flock` exclusively; clear a stale torch `lock` once it is ours.
+
+    Only a process holding this flock runs torch's build of our kernel, so a torch `lock`
+    found while we hold it was left by a builder that died (SIGKILL, a second Ctrl-C).
+    """
+    timeout = _lock_timeout() if timeout is None else timeout
+    path = build_dir / "build.flock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KernelLockTimeout(
+                        f"waited {timeout:g} s for another process building the STPN kernel "
+                        f"(it holds {path}); if that build is stuck, stop it or run: rm {path}"
+                    ) from None
+                time.sleep(0.2)
+        stale = build_dir / "lock"
+        if stale.exists():
+            logger.warning("removing the stale torch build lock %s (its builder is gone)", stale)
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def _load_locked():
     if _state["ops"] is not None:
         return _state["ops"]
@@ -104,14 +166,15 @@ def _load_locked():
     name = _namespace()
     logger.info("STPN C++ kernel %s: building or loading from torch's extension cache", name)
     start = time.perf_counter()
-    load_extension(
-        name=name,
-        sources=[str(SOURCE)],
-        extra_cflags=[*_CFLAGS, f"-DSTPN_NAMESPACE={name}"],
-        extra_ldflags=["-fopenmp"],
-        is_python_module=False,
-        verbose=False,
-    )
+    with build_lock(build_directory(name)):
+        load_extension(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=[*_CFLAGS, f"-DSTPN_NAMESPACE={name}"],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
     _state["ops"] = getattr(torch.ops, name)
     logger.info("STPN C++ kernel %s ready (%.1f s)", name, time.perf_counter() - start)
     return _state["ops"]
@@ -139,7 +202,7 @@ def available() -> bool:
                     "STPN C++ kernel unavailable (%s: %s); using the pure-torch fused op, about "
                     "3x slower on the CPU. Set %s=1 to choose it without this warning.",
                     type(exc).__name__,
-                    " ".join(str(exc).split())[:300],
+                    " ".join(str(exc).split())[:500],
                     DISABLE_ENV,
                 )
             _state["tried"] = True
