@@ -27,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from rllib_stpn.nn.cores import CORES
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "popgym"
 
@@ -40,19 +42,7 @@ SUITE_ENVS: tuple[str, ...] = (
     "PositionOnlyCartPoleEasy",
     "NoisyPositionOnlyPendulumEasy",
 )
-SUITE_CORES: tuple[str, ...] = (
-    "stpn",
-    "stpnf",
-    "lstm",
-    "gru",
-    "rnn",
-    "mlp",
-    "fastweights",
-    "modplast",
-    "hebbff",
-    "plastic_hebbian",
-    "plastic_gradient",
-)
+SUITE_CORES: tuple[str, ...] = CORES  # every memory core
 DEFAULT_SEEDS = 3
 STEPS_PER_BUDGET = 150_000
 
@@ -113,7 +103,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     tasks = tuple(sorted(POPGYM_TASKS.values()))
     args.envs = list(SUITE_ENVS) if args.envs is None else _subset(args.envs, tasks, "--envs")
-    from rllib_stpn.nn.cores import CORES
 
     args.cores = _subset(args.cores, tuple(CORES), "--cores")
     try:

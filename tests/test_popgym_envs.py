@@ -19,16 +19,8 @@ from rllib_stpn.envs.popgym import (
     null_action,
 )
 
+from benchmarks.popgym_suite import SUITE_ENVS as SUITE
 from rllib_stpn._extras import MissingExtraError
-
-SUITE = (
-    "RepeatPreviousEasy",
-    "RepeatFirstEasy",
-    "CountRecallEasy",
-    "AutoencodeEasy",
-    "PositionOnlyCartPoleEasy",
-    "NoisyPositionOnlyPendulumEasy",
-)
 
 
 class ScriptedEnv(gym.Env):

@@ -172,6 +172,18 @@ class LSTMCore(MemoryCore):
         return out, {"h": h.squeeze(0), "c": c.squeeze(0)}, power
 
 
+def _h_only_forward(core: MemoryCore, net: nn.RNNBase, x, state, return_power: bool):
+    """The forward of a one-layer torch RNN/GRU core with state {"h"}: outputs, state, power."""
+    state = core._state_or_zeros(x, state)
+    h0 = state["h"]
+    out, h = net(x, h0.unsqueeze(0).contiguous())
+    power = None
+    if return_power:
+        h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)
+        power = _gate_power(x, h_prev, net.weight_ih_l0, net.weight_hh_l0)
+    return out, {"h": h.squeeze(0)}, power
+
+
 class GRUCore(MemoryCore):
     """torch.nn.GRU; state {"h"}; power over all three gates' (reset, update, new) input and
     recurrent weights, as the LSTM's over its four.
@@ -190,14 +202,7 @@ class GRUCore(MemoryCore):
         return {"h": (self.hidden_size,)}
 
     def forward(self, x, state=None, *, return_power=False, seq_lens=None):
-        state = self._state_or_zeros(x, state)
-        h0 = state["h"]
-        out, h = self.gru(x, h0.unsqueeze(0).contiguous())
-        power = None
-        if return_power:
-            h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)
-            power = _gate_power(x, h_prev, self.gru.weight_ih_l0, self.gru.weight_hh_l0)
-        return out, {"h": h.squeeze(0)}, power
+        return _h_only_forward(self, self.gru, x, state, return_power)
 
 
 class RNNCore(MemoryCore):
@@ -212,14 +217,7 @@ class RNNCore(MemoryCore):
         return {"h": (self.hidden_size,)}
 
     def forward(self, x, state=None, *, return_power=False, seq_lens=None):
-        state = self._state_or_zeros(x, state)
-        h0 = state["h"]
-        out, h = self.rnn(x, h0.unsqueeze(0).contiguous())
-        power = None
-        if return_power:
-            h_prev = torch.cat([h0.unsqueeze(1), out[:, :-1]], dim=1)
-            power = _gate_power(x, h_prev, self.rnn.weight_ih_l0, self.rnn.weight_hh_l0)
-        return out, {"h": h.squeeze(0)}, power
+        return _h_only_forward(self, self.rnn, x, state, return_power)
 
 
 class MLPCore(MemoryCore):
