@@ -1,5 +1,5 @@
-"""STPNModel: the network of `rllib_stpn.network` (encoder -> memory core -> linear policy and
-value heads) as an RLlib RLModule."""
+"""STPNModel: the network of `rllib_stpn.network` (encoder -> memory core -> policy and value
+heads, linear by default) as an RLlib RLModule."""
 
 from __future__ import annotations
 

@@ -1,0 +1,78 @@
+"""PPO on StatelessCartPole: RLlib's own LSTM module beside STPNModel's `lstm` core, in the
+configuration equal to RLlib's (`rllib_lstm_model_config`) and in the plain one a new user
+writes (ReLU MLP encoder, value head on the policy's LSTM). docs/fidelity.md, "STPNModel as
+RLlib's default LSTM module".
+
+    .venv/bin/python -m benchmarks.rllib_lstm_gap --iterations 10 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import numpy as np
+
+H = 32
+RLLIB_MODEL = {"use_lstm": True, "lstm_cell_size": H, "fcnet_hiddens": [H], "max_seq_len": 20}
+PLAIN = {"core": "lstm", "hidden_size": H, "encoder": "mlp", "encoder_hiddens": [H]}
+ARMS = ("rllib", "stpn_equal", "stpn_plain")
+
+
+def _config(arm: str, seed: int):
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from ray.rllib.examples.envs.classes.stateless_cartpole import StatelessCartPole
+
+    from rllib_stpn.rl_module import STPNModel
+    from rllib_stpn.rllib_lstm import rllib_lstm_model_config
+
+    config = (
+        PPOConfig()
+        .environment(StatelessCartPole)
+        .env_runners(num_env_runners=0, num_envs_per_env_runner=8)
+        .training(train_batch_size_per_learner=1000, minibatch_size=250, num_epochs=6, lr=1e-3)
+        .reporting(metrics_num_episodes_for_smoothing=20)
+        .debugging(seed=seed)
+        .rl_module(model_config=RLLIB_MODEL)
+    )
+    if arm != "rllib":
+        model = rllib_lstm_model_config(config.model_config) if arm == "stpn_equal" else PLAIN
+        spec = RLModuleSpec(module_class=STPNModel, model_config={**model, "max_seq_len": 20})
+        config = config.rl_module(rl_module_spec=spec)
+    return config
+
+
+def main() -> None:
+    import ray
+    from ray.tune.logger import UnifiedLogger
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    args = p.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm in args.arms:
+            for seed in args.seeds:
+                # Logs under tmp, not ~/ray_results.
+                algo = _config(arm, seed).build_algo(
+                    logger_creator=lambda cfg: UnifiedLogger(cfg, tmp, loggers=[])
+                )
+                returns = [
+                    algo.train()["env_runners"]["episode_return_mean"]
+                    for _ in range(args.iterations)
+                ]
+                algo.stop()
+                last = float(np.mean(returns[-3:]))
+                print(
+                    f"{arm:11s} seed {seed}: last-3 mean return {last:.1f}; curve "
+                    + " ".join(f"{r:.0f}" for r in returns),
+                    flush=True,
+                )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
