@@ -9,7 +9,6 @@ RLlib's default LSTM module".
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import numpy as np
 
@@ -34,18 +33,18 @@ def _config(arm: str, seed: int):
         .training(train_batch_size_per_learner=1000, minibatch_size=250, num_epochs=6, lr=1e-3)
         .reporting(metrics_num_episodes_for_smoothing=20)
         .debugging(seed=seed)
-        .rl_module(model_config=RLLIB_MODEL)
     )
-    if arm != "rllib":
-        model = rllib_lstm_model_config(config.model_config) if arm == "stpn_equal" else PLAIN
-        spec = RLModuleSpec(module_class=STPNModel, model_config={**model, "max_seq_len": 20})
-        config = config.rl_module(rl_module_spec=spec)
-    return config
+    if arm == "rllib":
+        return config.rl_module(model_config=RLLIB_MODEL)
+    # What PPO hands RLlib's module for RLLIB_MODEL (its injected vf_share_layers=False too).
+    rllib_config = PPOConfig().rl_module(model_config=RLLIB_MODEL).model_config
+    model = rllib_lstm_model_config(rllib_config) if arm == "stpn_equal" else PLAIN
+    spec = RLModuleSpec(module_class=STPNModel, model_config={**model, "max_seq_len": 20})
+    return config.rl_module(rl_module_spec=spec)
 
 
 def main() -> None:
     import ray
-    from ray.tune.logger import UnifiedLogger
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=10)
@@ -53,24 +52,19 @@ def main() -> None:
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     args = p.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        for arm in args.arms:
-            for seed in args.seeds:
-                # Logs under tmp, not ~/ray_results.
-                algo = _config(arm, seed).build_algo(
-                    logger_creator=lambda cfg: UnifiedLogger(cfg, tmp, loggers=[])
-                )
-                returns = [
-                    algo.train()["env_runners"]["episode_return_mean"]
-                    for _ in range(args.iterations)
-                ]
-                algo.stop()
-                last = float(np.mean(returns[-3:]))
-                print(
-                    f"{arm:11s} seed {seed}: last-3 mean return {last:.1f}; curve "
-                    + " ".join(f"{r:.0f}" for r in returns),
-                    flush=True,
-                )
+    for arm in args.arms:
+        for seed in args.seeds:
+            algo = _config(arm, seed).build_algo()
+            returns = [
+                algo.train()["env_runners"]["episode_return_mean"] for _ in range(args.iterations)
+            ]
+            algo.stop()
+            last = float(np.mean(returns[-3:]))
+            print(
+                f"{arm:11s} seed {seed}: last-3 mean return {last:.1f}; curve "
+                + " ".join(f"{r:.0f}" for r in returns),
+                flush=True,
+            )
     ray.shutdown()
 
 

@@ -127,7 +127,7 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
 
         A separate value branch runs here too, to carry its state (as RLlib's modules do)."""
         emb, state, power = self._embed(batch, self.model_config["measure_power"])
-        if self.vf_core is not None:
+        if self.vf_core is not None and self._recurrent:
             state = {**state, **self._embed_value(batch)[1]}
         out = {Columns.ACTION_DIST_INPUTS: self.pi(emb)}
         if self._recurrent:

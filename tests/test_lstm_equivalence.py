@@ -13,6 +13,7 @@ from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from rllib_stpn.model_config import validate_model_config
+from rllib_stpn.network import STPNNetwork
 from rllib_stpn.rl_module import STPNModel
 from rllib_stpn.rllib_lstm import load_rllib_lstm_weights, rllib_lstm_model_config
 
@@ -200,6 +201,11 @@ def test_separate_value_branch_of_an_stpn_core_keeps_its_plastic_state_compact()
     out = m.forward_train({Columns.OBS: obs, Columns.STATE_IN: state})
     # The value reads its own branch: changing the policy core's weights leaves it alone.
     values = m.compute_values({Columns.OBS: obs, Columns.STATE_IN: state}, out[Columns.EMBEDDINGS])
+    # The plain-torch forward (STPNNetwork) gives the same logits, values and state.
+    logits, net_values, net_state, _ = STPNNetwork.forward(m, obs, state)
+    torch.testing.assert_close(logits, out[Columns.ACTION_DIST_INPUTS])
+    torch.testing.assert_close(net_values, values)
+    torch.testing.assert_close(net_state, out[Columns.STATE_OUT])
     with torch.no_grad():
         m.core.stpn.weight.add_(1.0)
     again = m.compute_values({Columns.OBS: obs, Columns.STATE_IN: state})
