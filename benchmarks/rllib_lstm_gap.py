@@ -4,11 +4,17 @@ writes (ReLU MLP encoder, value head on the policy's LSTM). docs/fidelity.md, "S
 RLlib's default LSTM module".
 
     .venv/bin/python -m benchmarks.rllib_lstm_gap --iterations 10 --seeds 0
+
+"stpn_equal" starts from the weights RLlib's arm of the same seed started from (loaded with
+`load_rllib_lstm_weights`), so the two differ only in the module code; run "rllib" first.
+With --vf-share-layers the two train identically; without, RLlib's env runners never receive
+the critic LSTM's weights (docs/fidelity.md), so the runs part after the first iteration.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 
@@ -45,16 +51,39 @@ def _config(arm: str, seed: int):
 
 def main() -> None:
     import ray
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from rllib_stpn.rllib_lstm import load_rllib_lstm_weights
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument(
+        "--vf-share-layers",
+        action="store_true",
+        help="RLlib's module with one LSTM for both heads (DefaultModelConfig's default)",
+    )
     args = p.parse_args()
+    if args.vf_share_layers:
+        RLLIB_MODEL["vf_share_layers"] = True
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rllib_init = {}  # seed -> RLlib's initial module
     for arm in args.arms:
         for seed in args.seeds:
             algo = _config(arm, seed).build_algo()
+            if arm == "rllib":
+                rllib_init[seed] = copy.deepcopy(algo.get_module())
+            elif arm == "stpn_equal" and seed in rllib_init:
+                init = rllib_init[seed]
+                algo.learner_group.foreach_learner(
+                    lambda learner, init=init: load_rllib_lstm_weights(
+                        learner.module[DEFAULT_MODULE_ID], init
+                    )
+                )
+                algo.env_runner_group.foreach_env_runner(
+                    lambda runner, init=init: load_rllib_lstm_weights(runner.module, init)
+                )
             returns = [
                 algo.train()["env_runners"]["episode_return_mean"] for _ in range(args.iterations)
             ]
@@ -62,7 +91,7 @@ def main() -> None:
             last = float(np.mean(returns[-3:]))
             print(
                 f"{arm:11s} seed {seed}: last-3 mean return {last:.1f}; curve "
-                + " ".join(f"{r:.0f}" for r in returns),
+                + " ".join(f"{r:.1f}" for r in returns),
                 flush=True,
             )
     ray.shutdown()

@@ -4,6 +4,8 @@ a sequence, step by step (sampling) and as one training chunk."""
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -211,3 +213,52 @@ def test_separate_value_branch_of_an_stpn_core_keeps_its_plastic_state_compact()
     again = m.compute_values({Columns.OBS: obs, Columns.STATE_IN: state})
     torch.testing.assert_close(again, values)
     assert not torch.equal(out[Columns.STATE_OUT]["vf_F"], state["vf_F"])
+
+
+def test_loading_into_a_different_layout_raises():
+    rllib, _, cfg = _modules(CASES["shared"], gym.spaces.Discrete(3))
+
+    def build(**changes):
+        return RLModuleSpec(
+            module_class=STPNModel,
+            observation_space=OBS,
+            action_space=gym.spaces.Discrete(3),
+            model_config={**cfg, **changes},
+        ).build()
+
+    with pytest.raises(ValueError, match="shares its LSTM.*value_branch 'separate'"):
+        load_rllib_lstm_weights(build(value_branch="separate"), rllib)
+    with pytest.raises(ValueError, match=r"tokenizer: RLlib's layers \[\(16, 4\), \(8, 16\)\]"):
+        load_rllib_lstm_weights(build(encoder_hiddens=[16, 8, 8]), rllib)
+    with pytest.raises(ValueError, match="core 'lstm', encoder 'mlp'"):
+        load_rllib_lstm_weights(build(core="rnn"), rllib)
+
+
+@pytest.mark.parametrize("case", ["shared", "separate"])
+def test_gradients_of_a_masked_loss_on_a_padded_batch_are_identical(case):
+    """What PPO's learner backpropagates: valid steps only, rows zero-padded after seq_lens."""
+    rllib, ours, cfg = _modules(CASES[case], gym.spaces.Discrete(3))
+    shared = cfg["value_branch"] == "shared"
+    torch.manual_seed(3)
+    obs = torch.randn(B, T, *OBS.shape)
+    seq_lens = torch.tensor([T - 3, T, 2])
+    obs[torch.arange(T) >= seq_lens.unsqueeze(1)] = 0.0
+    mask = (torch.arange(T) < seq_lens.unsqueeze(1)).float()
+    state = {k: 0.1 * torch.randn_like(v) for k, v in _zero_state(ours).items()}
+    weights = torch.randn(B, T, 3)
+    for module, state_in in ((rllib, _to_rllib_state(state, shared)), (ours, state)):
+        batch = {Columns.OBS: obs, Columns.STATE_IN: state_in, Columns.SEQ_LENS: seq_lens}
+        out = module.forward_train(batch)
+        values = module.compute_values(batch, out[Columns.EMBEDDINGS])
+        loss = ((out[Columns.ACTION_DIST_INPUTS] * weights).sum(-1) + values**2) * mask
+        module.zero_grad()
+        loss.sum().backward()
+    # RLlib's gradients, mapped onto our layout by the weight loader itself.
+    grads = copy.deepcopy(rllib)
+    with torch.no_grad():
+        for g, p in zip(grads.parameters(), rllib.parameters()):
+            g.copy_(p.grad)
+    mapped = copy.deepcopy(ours)
+    load_rllib_lstm_weights(mapped, grads)
+    for (name, p), g in zip(ours.named_parameters(), mapped.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6, msg=name)
