@@ -45,8 +45,8 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
     rllib_stpn's connector pieces: A2C installs them itself and `rllib train file` adds them
     for `custom_model: stpn`; for PPO, APPO or any other config built in Python, call
     `rllib_stpn.compact_states(config)`, without which RLlib stores F at every step.
-    `vf_share_layers`: the heads always share encoder and core; RLlib's injected False is
-    accepted, a user's own False is rejected where it can be seen (A2CConfig, YAML).
+    `vf_share_layers` selects nothing (RLlib's injected False is accepted, a user's own False
+    is rejected where it can be seen: A2CConfig, YAML); `value_branch` does.
 
     For APPO (TargetNetworkAPI) the learner keeps target copies of the encoder, the core and
     the policy head; `forward_target` runs the training batch, with its stored states, through
