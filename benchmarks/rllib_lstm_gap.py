@@ -51,9 +51,8 @@ def _config(arm: str, seed: int):
 
 def main() -> None:
     import ray
-    from ray.rllib.core import DEFAULT_MODULE_ID
 
-    from rllib_stpn.rllib_lstm import load_rllib_lstm_weights
+    from rllib_stpn.evaluate import _private_logdir_root
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=10)
@@ -68,12 +67,26 @@ def main() -> None:
     if args.vf_share_layers:
         RLLIB_MODEL["vf_share_layers"] = True
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    with _private_logdir_root():  # nothing left in ~/ray_results
+        _run(args)
+    ray.shutdown()
+
+
+def _run(args: argparse.Namespace) -> None:
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from rllib_stpn.rllib_lstm import load_rllib_lstm_weights
+
     rllib_init = {}  # seed -> RLlib's initial module
     for arm in args.arms:
         for seed in args.seeds:
             algo = _config(arm, seed).build_algo()
             if arm == "rllib":
-                rllib_init[seed] = copy.deepcopy(algo.get_module())
+                # The learner's module: env runners never get RLlib's critic weights.
+                (result,) = algo.learner_group.foreach_learner(
+                    lambda learner: copy.deepcopy(learner.module[DEFAULT_MODULE_ID])
+                )
+                rllib_init[seed] = result.get()
             elif arm == "stpn_equal" and seed in rllib_init:
                 init = rllib_init[seed]
                 algo.learner_group.foreach_learner(
@@ -94,7 +107,6 @@ def main() -> None:
                 + " ".join(f"{r:.1f}" for r in returns),
                 flush=True,
             )
-    ray.shutdown()
 
 
 if __name__ == "__main__":
