@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rllib_stpn.nn.cores import CORES, ENCODERS, build_core
+from rllib_stpn.nn.cores import ACTIVATIONS, CORES, ENCODERS, build_core
 from rllib_stpn.nn.stpn import PLASTICITY_MODES
 from rllib_stpn.nn.variants import WEIGHT_INITS
 
@@ -41,6 +41,16 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # "mlp": ReLU layers of sizes `encoder_hiddens`.
     "encoder": "auto",
     "encoder_hiddens": [64],
+    # Activation after each "mlp" encoder layer, RLlib's names (its LSTM tokenizer: "tanh").
+    "encoder_activation": "relu",
+    # Hidden layers of the policy and of the value head (each its own), then a linear output:
+    # RLlib's `head_fcnet_hiddens` / `head_fcnet_activation`. [] = linear heads (the paper's).
+    "head_hiddens": [],
+    "head_activation": "relu",
+    # "shared": the value head reads the policy's core (the paper's actor-critic). "separate":
+    # the value head has its own encoder and core, with its state under "vf_"-prefixed keys
+    # (RLlib's PPO/APPO default modules when `vf_share_layers` is False).
+    "value_branch": "shared",
     # Length of the BPTT chunks the learner trains on (read by RLlib's connectors).
     "max_seq_len": 50,
     # Emit the "synaptic_power" column during sampling.
@@ -56,15 +66,16 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 
 # Keys RLlib's algorithm configs inject into every module's model_config on their own
 # (`AlgorithmConfig._model_config_auto_includes`: PPO, APPO and A2C `vf_share_layers=False`).
-# Policy and value heads always share the encoder and core, as in the paper; see
-# `check_vf_share_layers` for what happens to a `vf_share_layers` a user sets.
+# They select nothing (PPO's False would change every default): by default the policy and
+# value heads share the encoder and core, as in the paper, and `value_branch` "separate" gives
+# the value its own; see `check_vf_share_layers` for a `vf_share_layers` a user sets.
 RLLIB_INJECTED_KEYS = frozenset({"vf_share_layers", "twin_q"})
 
 
 def check_vf_share_layers(user_model_config: Mapping[str, Any] | None) -> None:
     """Reject a user's own `vf_share_layers=False` (separate value layers) with a one-line
-    ValueError: STPNModel and STPNModelV2 always share the encoder and core between the policy
-    and value heads. True, or leaving it out, is fine.
+    ValueError pointing to `value_branch`, which selects STPNModel's value network. True, or
+    leaving it out, is fine.
 
     Pass the settings the user wrote, not the module's model_config: there PPO, APPO and A2C
     have put their own `vf_share_layers=False`, which the module cannot tell from a user's
@@ -73,9 +84,12 @@ def check_vf_share_layers(user_model_config: Mapping[str, Any] | None) -> None:
     value = (user_model_config or {}).get("vf_share_layers")
     if value is False:
         raise ValueError(
-            "model_config['vf_share_layers']=False: STPNModel's policy and value heads always "
-            "share the encoder and core (no separate value branch); leave it out or set True"
+            "model_config['vf_share_layers']=False: STPNModel selects a separate value network "
+            "with model_config['value_branch']='separate'; leave vf_share_layers out or set True"
         )
+
+
+VALUE_BRANCHES = ("shared", "separate")
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -135,10 +149,21 @@ def validate_model_config(model_config: Mapping[str, Any] | None) -> dict[str, A
     _choice("action_dist", cfg["action_dist"], ACTION_DISTS)
     _bool("measure_power", cfg["measure_power"])
     _bool("compact_states", cfg["compact_states"])
-    hiddens = cfg["encoder_hiddens"]
-    if not isinstance(hiddens, list | tuple):
-        raise ValueError(f"model_config['encoder_hiddens'] must be a list of ints, got {hiddens!r}")
-    cfg["encoder_hiddens"] = [_positive_int("encoder_hiddens", h) for h in hiddens]
+    for key in ("encoder_hiddens", "head_hiddens"):
+        hiddens = cfg[key]
+        if not isinstance(hiddens, list | tuple):
+            raise ValueError(f"model_config[{key!r}] must be a list of ints, got {hiddens!r}")
+        cfg[key] = [_positive_int(key, h) for h in hiddens]
+    activations = tuple(ACTIVATIONS)
+    _choice("encoder_activation", cfg["encoder_activation"], activations)
+    _choice("head_activation", cfg["head_activation"], activations)
+    if cfg["encoder_activation"] != "relu" and cfg["encoder"] != "mlp":
+        raise ValueError(
+            f"model_config['encoder_activation']={cfg['encoder_activation']!r} needs "
+            f"encoder 'mlp' (the 'auto' encoder is an identity or a ReLU CNN), got "
+            f"encoder {cfg['encoder']!r}"
+        )
+    _choice("value_branch", cfg["value_branch"], VALUE_BRANCHES)
     return cfg
 
 

@@ -61,12 +61,17 @@ class STPNModelV2(RecurrentNetwork, STPNNetwork):
                 f"model_config['action_dist']={self.cfg['action_dist']!r} is for STPNModel (new "
                 "API stack); on the old stack set model['custom_action_dist'] instead"
             )
+        if self.vf_core is not None:
+            raise ValueError(
+                "custom_model_config['value_branch']='separate' needs the new API stack "
+                "(STPNModel); STPNModelV2 allows 'shared' only"
+            )
         self._state_keys = list(self.core.state_shapes())
         self._value: torch.Tensor | None = None
 
     @override(ModelV2)
     def get_initial_state(self) -> list[torch.Tensor]:
-        ref = self.pi.weight
+        ref = next(self.pi.parameters())
         return [ref.new_zeros(s) for s in self.core.state_shapes().values()]
 
     @override(ModelV2)

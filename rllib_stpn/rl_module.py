@@ -1,5 +1,5 @@
-"""STPNModel: the network of `rllib_stpn.network` (encoder -> memory core -> linear policy and
-value heads) as an RLlib RLModule."""
+"""STPNModel: the network of `rllib_stpn.network` (encoder -> memory core -> policy and value
+heads, linear by default) as an RLlib RLModule."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from rllib_stpn.distributions import action_dist_class
 from rllib_stpn.metrics import SYNAPTIC_POWER
-from rllib_stpn.network import STPNNetwork
+from rllib_stpn.network import VF_STATE_PREFIX, STPNNetwork
 from rllib_stpn.nn.cores import action_dist_input_size
 
 
@@ -35,6 +35,7 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
     {"h", "c"} for "lstm", {"h"} for "gru" and "rnn", {} for "mlp" (stateless: no time axis), and
     for the plastic baselines their flattened matrices (e.g. {"h": (H,), "A": (H*H,)} for
     "fastweights"; `self.core.compact_state_keys` names the keys that grow with the synapses).
+    With `value_branch` "separate" the value core's state follows under "vf_" keys.
 
     While sampling (`forward_exploration`/`forward_inference`) the output also holds
     "synaptic_power": the power P_t of SPEC section 1 summed over all of the core's synapses
@@ -44,8 +45,8 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
     rllib_stpn's connector pieces: A2C installs them itself and `rllib train file` adds them
     for `custom_model: stpn`; for PPO, APPO or any other config built in Python, call
     `rllib_stpn.compact_states(config)`, without which RLlib stores F at every step.
-    `vf_share_layers`: the heads always share encoder and core; RLlib's injected False is
-    accepted, a user's own False is rejected where it can be seen (A2CConfig, YAML).
+    `vf_share_layers` selects nothing (RLlib's injected False is accepted, a user's own False
+    is rejected where it can be seen: A2CConfig, YAML); `value_branch` does.
 
     For APPO (TargetNetworkAPI) the learner keeps target copies of the encoder, the core and
     the policy head; `forward_target` runs the training batch, with its stored states, through
@@ -68,7 +69,12 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
     @property
     def compact_state_keys(self) -> tuple[str, ...]:
         """State keys RLlib stores once per training sequence (`rllib_stpn.state_storage`)."""
-        return self.core.compact_state_keys if self.model_config["compact_states"] else ()
+        if not self.model_config["compact_states"]:
+            return ()
+        keys = tuple(self.core.compact_state_keys)
+        if self.vf_core is not None:
+            keys += tuple(VF_STATE_PREFIX + k for k in self.vf_core.compact_state_keys)
+        return keys
 
     @property
     def num_parameters(self) -> int:
@@ -77,7 +83,7 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
 
     @override(TorchRLModule)
     def get_initial_state(self) -> dict[str, np.ndarray]:
-        return {k: np.zeros(s, np.float32) for k, s in self.core.state_shapes().items()}
+        return {k: np.zeros(s, np.float32) for k, s in self.state_shapes().items()}
 
     def _embed(
         self, batch: dict[str, Any], return_power: bool, target: bool = False
@@ -104,10 +110,25 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
             power = power.squeeze(1) if power is not None else None
         return out, state, power
 
+    def _embed_value(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The separate value branch's output and next "vf_" state (`value_branch` "separate")."""
+        obs = batch[Columns.OBS]
+        if not self._recurrent:
+            out, _ = self.embed_value(obs.unsqueeze(1))
+            return out.squeeze(1), {}
+        seq_lens = batch.get(Columns.SEQ_LENS)
+        if seq_lens is not None and tuple(seq_lens.shape) != (obs.shape[0],):
+            seq_lens = None
+        return self.embed_value(obs, batch.get(Columns.STATE_IN), seq_lens=seq_lens)
+
     @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
-        """Sampling pass (inference and exploration): logits, next state, synaptic power."""
+        """Sampling pass (inference and exploration): logits, next state, synaptic power.
+
+        A separate value branch runs here too, to carry its state (as RLlib's modules do)."""
         emb, state, power = self._embed(batch, self.model_config["measure_power"])
+        if self.vf_core is not None and self._recurrent:
+            state = {**state, **self._embed_value(batch)[1]}
         out = {Columns.ACTION_DIST_INPUTS: self.pi(emb)}
         if self._recurrent:
             out[Columns.STATE_OUT] = state
@@ -118,7 +139,12 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
     @override(TorchRLModule)
     def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         emb, state, _ = self._embed(batch, False)
-        out = {Columns.ACTION_DIST_INPUTS: self.pi(emb), Columns.EMBEDDINGS: emb}
+        vf_emb = emb
+        if self.vf_core is not None:
+            vf_emb, vf_state = self._embed_value(batch)
+            state = {**state, **vf_state}
+        # EMBEDDINGS: what `compute_values` reads, the value branch's output.
+        out = {Columns.ACTION_DIST_INPUTS: self.pi(emb), Columns.EMBEDDINGS: vf_emb}
         if self._recurrent:
             out[Columns.STATE_OUT] = state
         return out
@@ -127,7 +153,9 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
     def compute_values(
         self, batch: dict[str, Any], embeddings: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if embeddings is None:
+        if embeddings is None and self.vf_core is not None:
+            embeddings, _ = self._embed_value(batch)
+        elif embeddings is None:
             embeddings, _, _ = self._embed(batch, False)
         return self.vf(embeddings).squeeze(-1)
 

@@ -147,3 +147,12 @@ def test_old_stack_ppo_trains(ray_session):
         assert [s.shape for s in state_out] == [(16,), (16 * 18,)]
     finally:
         algo.stop()
+
+
+def test_rllib_layout_options_on_the_old_stack():
+    """MLP heads and a tanh encoder build here too; a separate value branch is new-stack only."""
+    m = make_v2("lstm", encoder="mlp", encoder_activation="tanh", head_hiddens=[4])
+    assert isinstance(m.encoder.net[1], torch.nn.Tanh) and len(m.pi) == 3
+    assert [tuple(s.shape) for s in m.get_initial_state()] == [(H,), (H,)]
+    with pytest.raises(ValueError, match="value_branch'\\]='separate' needs the new API stack"):
+        make_v2("lstm", value_branch="separate")

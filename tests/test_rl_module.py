@@ -287,7 +287,7 @@ def test_vf_share_layers_injected_false_works_a_users_false_is_one_line():
         # One encoder and one core, read by both heads: no separate value branch.
         assert {name for name, _ in module.named_children()} == {"encoder", "core", "pi", "vf"}
         config(cls, vf_share_layers=True).validate()
-    message = r"vf_share_layers'\]=False: STPNModel's policy and value heads always share"
+    message = r"vf_share_layers'\]=False: STPNModel selects a separate value network with"
     with pytest.raises(ValueError, match=message):
         config(A2CConfig, vf_share_layers=False).validate()
     with pytest.raises(ValueError, match=message):

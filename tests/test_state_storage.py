@@ -33,6 +33,7 @@ def make_config(
     algo: str = "ppo",
     compact: bool = True,
     max_seq_len: int = MAX_SEQ_LEN,
+    value_branch: str = "shared",
 ) -> AlgorithmConfig:
     """PPO with `compact_states(config)`, or A2C (which stores states compactly by itself);
     `compact=False` switches the storage off through the module's own model_config."""
@@ -48,6 +49,7 @@ def make_config(
                     "hidden_size": 8,
                     "max_seq_len": max_seq_len,
                     "compact_states": compact,
+                    "value_branch": value_branch,
                 },
             )
         )
@@ -63,6 +65,7 @@ def sample_and_learner_batch(
     ship: bool = True,
     algo: str = "ppo",
     core: str = "stpn",
+    value_branch: str = "shared",
 ):
     """Episodes from `num_samples` rollouts and the learner connector's batch for each.
 
@@ -70,7 +73,9 @@ def sample_and_learner_batch(
     remote env runner (so the runner may release their F later); without, by reference. The
     returned episodes are the env runner's own objects.
     """
-    config = make_config(core, rollout=rollout, algo=algo, compact=compact)
+    config = make_config(
+        core, rollout=rollout, algo=algo, compact=compact, value_branch=value_branch
+    )
     torch.manual_seed(0)
     runner = SingleAgentEnvRunner(config=config)
     learner_connector = config.build_learner_connector(
@@ -238,6 +243,21 @@ def test_state_in_equals_rllib_default_path(rollout, ship, algo, core):
             row += -(-(steps + 1) // MAX_SEQ_LEN) if algo == "ppo" else -(-steps // MAX_SEQ_LEN)
         assert row == len(sc[big])
     assert boundary_rows > 0
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_separate_value_branch_stores_both_synaptic_states_compactly(algo):
+    """With `value_branch` "separate" the value core's F ("vf_F") is compact too, and the
+    learner still gets RLlib's default STATE_IN for both cores."""
+    _, eps_default, default = sample_and_learner_batch(False, algo=algo, value_branch="separate")
+    _, eps_compact, compact = sample_and_learner_batch(True, algo=algo, value_branch="separate")
+    for ep in [ep for eps in eps_compact for ep in eps]:
+        assert set(ep.get_extra_model_outputs(key=Columns.STATE_OUT)) == {"h", "vf_h"}
+    for bd, bc in zip(default, compact):
+        assert set(bd[Columns.STATE_IN]) == set(bc[Columns.STATE_IN]) == {"h", "F", "vf_h", "vf_F"}
+        for key, value in bd[Columns.STATE_IN].items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(bc[Columns.STATE_IN][key]))
+    assert np.abs(np.asarray(compact[-1][Columns.STATE_IN]["vf_F"])).sum() > 0
 
 
 def test_shipped_chunks_release_their_synaptic_states():

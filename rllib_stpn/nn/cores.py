@@ -34,6 +34,16 @@ CORES = (
     "plastic_gradient",
 )
 ENCODERS = ("auto", "mlp")
+# Activations of the "mlp" encoder and of hidden head layers: RLlib's names (its
+# `get_activation_fn`; "swish" is "silu"), so RLlib's DefaultModelConfig values carry over.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "linear": nn.Identity,
+}
 
 State = dict[str, torch.Tensor]
 
@@ -400,18 +410,29 @@ class FlattenEncoder(Encoder):
         return x.reshape(x.shape[0], self.output_size)
 
 
-class MLPEncoder(Encoder):
-    """Flattened observations through ReLU layers of sizes `hiddens`."""
+def mlp_layers(size: int, hiddens: list[int], activation: str) -> list[nn.Module]:
+    """Linear layers of sizes `hiddens` from `size` features, each followed by `activation`."""
+    layers: list[nn.Module] = []
+    for h in hiddens:
+        layers += [nn.Linear(size, h), ACTIVATIONS[activation]()]
+        size = h
+    return layers
 
-    def __init__(self, obs_shape: tuple[int, ...], hiddens: list[int], scale: float = 1.0) -> None:
+
+class MLPEncoder(Encoder):
+    """Flattened observations through layers of sizes `hiddens`, each followed by `activation`
+    (ReLU by default; RLlib's LSTM tokenizer: tanh, also after the last layer)."""
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        hiddens: list[int],
+        scale: float = 1.0,
+        activation: str = "relu",
+    ) -> None:
         super().__init__(obs_shape, scale)
-        layers: list[nn.Module] = []
-        size = int(np.prod(obs_shape))
-        for h in hiddens:
-            layers += [nn.Linear(size, h), nn.ReLU()]
-            size = h
-        self.net = nn.Sequential(*layers)
-        self.output_size = size
+        self.net = nn.Sequential(*mlp_layers(int(np.prod(obs_shape)), hiddens, activation))
+        self.output_size = hiddens[-1] if hiddens else int(np.prod(obs_shape))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.reshape(x.shape[0], -1))
@@ -442,8 +463,11 @@ class AtariCNNEncoder(Encoder):
         return self.net(x.permute(0, 3, 1, 2))  # NHWC -> NCHW
 
 
-def build_encoder(encoder: str, obs_space: gym.Space, hiddens: list[int] | None = None) -> Encoder:
-    """Encoder for `obs_space` (a Box): "auto" = CNN for (H, W, C) images, else identity."""
+def build_encoder(
+    encoder: str, obs_space: gym.Space, hiddens: list[int] | None = None, activation: str = "relu"
+) -> Encoder:
+    """Encoder for `obs_space` (a Box): "auto" = CNN for (H, W, C) images, else identity;
+    "mlp" = layers of sizes `hiddens`, each followed by `activation` (one of ACTIVATIONS)."""
     if not isinstance(obs_space, gym.spaces.Box):
         raise ValueError(
             f"STPN encoders need a Box observation space, got {obs_space}; "
@@ -456,7 +480,7 @@ def build_encoder(encoder: str, obs_space: gym.Space, hiddens: list[int] | None 
             return AtariCNNEncoder(shape, scale)
         return FlattenEncoder(shape, scale)
     if encoder == "mlp":
-        return MLPEncoder(shape, list(hiddens or []), scale)
+        return MLPEncoder(shape, list(hiddens or []), scale, activation)
     raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
 
 
