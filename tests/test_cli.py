@@ -91,6 +91,9 @@ def test_train_file_writes_tune_results(trained):
     trials = _trials(run_dir)
     assert len(trials) == 2  # one per grid point
     for trial in trials:
+        # Named by the core, not by the env's "stpn/" namespace (Tune names a trial while
+        # its config still holds reference placeholders).
+        assert trial.name.startswith("A2C_stpn_Maze-v0_"), trial.name
         with open(trial / "progress.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == 2  # --stop replaced the file's 5 iterations

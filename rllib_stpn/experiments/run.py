@@ -53,9 +53,14 @@ def model_core(config: Mapping[str, Any]) -> str | None:
     default = DEFAULT_MODEL_CONFIG["core"]
     model_config = config.get("_model_config")
     model_config = model_config if isinstance(model_config, Mapping) else {}
-    module_class = getattr(config.get("_rl_module_spec"), "module_class", None)
+    spec = config.get("_rl_module_spec")
+    module_class = getattr(spec, "module_class", None)
     if isinstance(module_class, type) and issubclass(module_class, STPNModel):
         return str(model_config.get("core", default))
+    if spec is not None and not hasattr(spec, "module_class") and "core" in model_config:
+        # When Tune names a trial, objects in its config are still reference placeholders;
+        # a "core" key is STPNModel's (RLlib's own model configs have none).
+        return str(model_config["core"])
     old = config.get("model")
     old = old if isinstance(old, Mapping) else {}
     if old.get("custom_model") == "stpn":
