@@ -1,7 +1,8 @@
 """STPNModelV2: the network of `rllib_stpn.network` (the same as STPNModel's), as an
 old-API-stack ModelV2.
 
-Registered as the custom model "stpn" when `rllib_stpn` is imported:
+Registered as the custom model "stpn" by `rllib_stpn.register()` (called on first use of an
+RLlib-facing name of the package, by the `rllib` command and the YAML path):
 
     config.training(model={"custom_model": "stpn", "max_seq_len": 20,
                            "custom_model_config": {"core": "stpn", "hidden_size": 64}})
