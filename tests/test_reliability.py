@@ -34,6 +34,18 @@ def _private_kernel_cache(tmp_path: Path) -> tuple[dict[str, str], Path]:
     return env, target
 
 
+def test_kernel_name_differs_between_torch_installations(monkeypatch):
+    """Two environments sharing a cache directory must not rebuild over each other's build."""
+    import torch
+
+    from rllib_stpn.nn import fused_cpp
+
+    here = fused_cpp._namespace()
+    assert fused_cpp._namespace() == here  # stable within one environment
+    monkeypatch.setattr(torch, "__file__", "/elsewhere/site-packages/torch/__init__.py")
+    assert fused_cpp._namespace() != here
+
+
 def test_stale_kernel_lock_is_cleared(tmp_path):
     """A builder killed mid-build leaves torch's `lock`; torch would wait for it forever."""
     env, build_dir = _private_kernel_cache(tmp_path)

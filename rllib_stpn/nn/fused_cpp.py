@@ -7,8 +7,9 @@ once and writes F_{t+1} once per step, the backward makes one read-modify-write 
 
 The library is built with `torch.utils.cpp_extension.load` into torch's extensions directory
 (g++, ninja and OpenMP; 15-75 s the first time, then loaded from the cache) and registered as
-`torch.ops.rllib_stpn_fused_<hash>`; the hash covers the source and the compiler flags. The
-build is logged at INFO. `available()` says whether the kernel can be used; it never raises, and
+`torch.ops.rllib_stpn_fused_<hash>`; the hash covers the source, the compiler flags and the
+torch installation. The build is logged at INFO. `available()` says whether the kernel can be
+used; it never raises, and
 `rllib_stpn.nn.fused` falls back to the pure-torch op (about 3x slower at the Pong size) when it
 is False, logging the reason once at WARNING; also for CUDA tensors, and without a warning when
 the environment variable RLLIB_STPN_NO_CPP=1 asks for it.
@@ -82,9 +83,15 @@ _state: dict = {"tried": False, "ops": None, "error": None}
 
 
 def _namespace() -> str:
-    """`rllib_stpn_fused_<hash of the source and the flags>`."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_CFLAGS).encode()).hexdigest()
-    return f"rllib_stpn_fused_{digest[:12]}"
+    """`rllib_stpn_fused_<hash of the source, the flags and the torch installation>`.
+
+    The torch directory is in the name because the build file names its headers: two
+    environments sharing one cache directory would otherwise rebuild over each other in turn.
+    """
+    key = (
+        SOURCE.read_bytes() + " ".join(_CFLAGS).encode() + os.path.dirname(torch.__file__).encode()
+    )
+    return f"rllib_stpn_fused_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def _ensure_ninja_on_path() -> None:
