@@ -214,6 +214,7 @@ def train(settings: dict[str, Any], seed: int) -> dict[str, Any]:
 
     import rllib_stpn
     from rllib_stpn import metrics
+    from rllib_stpn.evaluate import private_logdir_root
 
     torch.set_num_threads(1)  # tiny matrices: more threads only contend on a shared machine
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -221,18 +222,19 @@ def train(settings: dict[str, Any], seed: int) -> dict[str, Any]:
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     rllib_stpn.register()
     start = time.perf_counter()
-    algo = ppo_config(settings, seed).build_algo()
-    steps, returns, powers, seconds = [], [], [], []
-    try:
-        for _ in range(settings["iterations"]):
-            r = algo.train()[metrics.ENV_RUNNERS]
-            seconds.append(time.perf_counter() - start)
-            steps.append(int(r[metrics.NUM_ENV_STEPS_SAMPLED_LIFETIME]))
-            ret, power = r.get(metrics.EPISODE_RETURN_MEAN), r.get(metrics.SYNAPTIC_POWER_MEAN)
-            returns.append(None if ret is None else float(ret))
-            powers.append(None if power is None else float(power))
-    finally:
-        algo.stop()
+    with private_logdir_root():  # nothing left in ~/ray_results
+        algo = ppo_config(settings, seed).build_algo()
+        steps, returns, powers, seconds = [], [], [], []
+        try:
+            for _ in range(settings["iterations"]):
+                r = algo.train()[metrics.ENV_RUNNERS]
+                seconds.append(time.perf_counter() - start)
+                steps.append(int(r[metrics.NUM_ENV_STEPS_SAMPLED_LIFETIME]))
+                ret, power = r.get(metrics.EPISODE_RETURN_MEAN), r.get(metrics.SYNAPTIC_POWER_MEAN)
+                returns.append(None if ret is None else float(ret))
+                powers.append(None if power is None else float(power))
+        finally:
+            algo.stop()
     seen = [v for v in returns if v is not None]
     tail = seen[-max(1, len(seen) // 10) :]  # the last tenth of the iterations with episodes
     return {

@@ -52,7 +52,7 @@ def _config(arm: str, seed: int):
 def main() -> None:
     import ray
 
-    from rllib_stpn.evaluate import _private_logdir_root
+    from rllib_stpn.evaluate import private_logdir_root
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=10)
@@ -67,7 +67,7 @@ def main() -> None:
     if args.vf_share_layers:
         RLLIB_MODEL["vf_share_layers"] = True
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    with _private_logdir_root():  # nothing left in ~/ray_results
+    with private_logdir_root():  # nothing left in ~/ray_results
         _run(args)
     ray.shutdown()
 

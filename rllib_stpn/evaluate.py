@@ -56,9 +56,10 @@ def check_output_file(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def _private_logdir_root() -> Iterator[None]:
+def private_logdir_root() -> Iterator[None]:
     """An Algorithm built outside Tune makes an (empty) logdir ~/ray_results/<timestamp>;
-    evaluating should leave nothing there, so its root is a temporary directory meanwhile."""
+    evaluating (or a benchmark run) should leave nothing there, so its root is a temporary
+    directory while the context is open: build, train and stop the Algorithm inside it."""
     from ray.tune.trainable import trainable
 
     saved = trainable.DEFAULT_STORAGE_PATH
@@ -250,7 +251,7 @@ def evaluate_checkpoint(
     import rllib_stpn
 
     rllib_stpn.register()  # the checkpoint's env id or "stpn" model must resolve
-    with _private_logdir_root():
+    with private_logdir_root():
         algo = _load_algorithm(checkpoint, seed)
         try:
             result = evaluate_algorithm(algo, episodes=episodes, explore=explore)

@@ -14,7 +14,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from benchmarks.tasks.common import ModelSpec, RunResult
 from rllib_stpn import STPNModel, SynapticPowerCallback, metrics
-from rllib_stpn.evaluate import evaluate_algorithm
+from rllib_stpn.evaluate import evaluate_algorithm, private_logdir_root
 
 RETURN = (metrics.ENV_RUNNERS, metrics.EPISODE_RETURN_MEAN)
 POWER = (metrics.ENV_RUNNERS, metrics.SYNAPTIC_POWER_MEAN)
@@ -76,17 +76,18 @@ def train_and_evaluate(
     """
     init_ray()
     start = time.perf_counter()
-    algo = config.build_algo()
-    xs, returns, powers = [], [], []
-    try:
-        for _ in range(settings["iterations"]):
-            result = algo.train()
-            xs.append(_get(result, STEPS))
-            returns.append(_get(result, RETURN))
-            powers.append(_get(result, POWER))
-        ev = evaluate_algorithm(algo, episodes=settings["eval_episodes"], explore=explore)
-    finally:
-        algo.stop()
+    with private_logdir_root():  # nothing left in ~/ray_results
+        algo = config.build_algo()
+        xs, returns, powers = [], [], []
+        try:
+            for _ in range(settings["iterations"]):
+                result = algo.train()
+                xs.append(_get(result, STEPS))
+                returns.append(_get(result, RETURN))
+                powers.append(_get(result, POWER))
+            ev = evaluate_algorithm(algo, episodes=settings["eval_episodes"], explore=explore)
+        finally:
+            algo.stop()
     return RunResult(
         seed,
         ev["return_mean"],
