@@ -25,6 +25,14 @@ from rllib_stpn.network import VF_STATE_PREFIX, STPNNetwork
 from rllib_stpn.nn.cores import action_dist_input_size
 
 
+def _row_lengths(batch: dict[str, Any], obs: torch.Tensor) -> torch.Tensor | None:
+    """Valid steps per training row (rows are zero-padded after them), or None when unknown."""
+    seq_lens = batch.get(Columns.SEQ_LENS)
+    if seq_lens is not None and tuple(seq_lens.shape) != (obs.shape[0],):
+        return None
+    return seq_lens
+
+
 class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, InferenceOnlyAPI):
     """Recurrent RLModule with an STPN (or baseline) memory core, for PPO, APPO, A2C, ...
 
@@ -94,9 +102,7 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
         if not self._recurrent:
             obs = obs.unsqueeze(1)
         # Training rows are zero-padded after their valid steps: encoder and core skip that.
-        seq_lens = batch.get(Columns.SEQ_LENS) if self._recurrent else None
-        if seq_lens is not None and tuple(seq_lens.shape) != (obs.shape[0],):
-            seq_lens = None
+        seq_lens = _row_lengths(batch, obs) if self._recurrent else None
         out, state, power = self.embed(
             obs,
             batch.get(Columns.STATE_IN),
@@ -116,10 +122,7 @@ class STPNModel(TorchRLModule, STPNNetwork, ValueFunctionAPI, TargetNetworkAPI, 
         if not self._recurrent:
             out, _ = self.embed_value(obs.unsqueeze(1))
             return out.squeeze(1), {}
-        seq_lens = batch.get(Columns.SEQ_LENS)
-        if seq_lens is not None and tuple(seq_lens.shape) != (obs.shape[0],):
-            seq_lens = None
-        return self.embed_value(obs, batch.get(Columns.STATE_IN), seq_lens=seq_lens)
+        return self.embed_value(obs, batch.get(Columns.STATE_IN), seq_lens=_row_lengths(batch, obs))
 
     @override(TorchRLModule)
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
