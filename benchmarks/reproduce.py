@@ -176,34 +176,58 @@ def machine() -> dict[str, Any]:
     }
 
 
-def merge_previous(path: Path, result: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
-    """With --models: keep the other models' runs from the existing JSON (same settings)."""
+def _previous(path: Path, names: list[str] | None) -> dict[str, Any] | None:
+    """The task's existing JSON that a --models run merges into (None without --models)."""
     if names is None or not path.exists():
-        return result
+        return None
     import json
 
     old = json.loads(path.read_text())
     report.power_as_totals(old)  # before the merge: this run's power is a total
-    settings = json.loads(json.dumps([v["settings"] for v in result["variants"]]))
-    if old.get("seeds") != result["seeds"] or [v["settings"] for v in old["variants"]] != settings:
+    return old
+
+
+def check_mergeable(path: Path, variants: list[dict[str, Any]], names: list[str] | None) -> None:
+    """Before any training: a --models run can merge into `path` only if it was made with the
+    same settings and hidden sizes (seeds may differ per model)."""
+    old = _previous(path, names)
+    if old is None:
+        return
+    import json
+
+    settings = json.loads(json.dumps([v["settings"] for v in variants]))
+    if [v["settings"] for v in old["variants"]] != settings:
         raise UsageError(
-            f"--models merges into {path}, but its seeds or settings differ from this run's; "
-            "rerun the whole task instead"
+            f"--models merges into {path}, but its settings differ from this run's; rerun the "
+            "whole task (without --models) or move that file away first"
         )
+    for old_v, new_v in zip(old["variants"], variants):
+        previous = {(m["spec"]["core"], m["spec"]["plasticity"]): m for m in old_v["models"]}
+        for model in new_v["models"]:
+            before = previous.get((model["spec"]["core"], model["spec"]["plasticity"]))
+            if model["rerun"] or not before or not before.get("runs"):
+                continue
+            if before["spec"]["hidden_size"] != model["spec"]["hidden_size"]:
+                raise UsageError(
+                    f"--models: {model['spec']['name']} ran at H={before['spec']['hidden_size']} "
+                    f"in {path}, now H={model['spec']['hidden_size']}; rerun the whole task instead"
+                )
+
+
+def merge_previous(path: Path, result: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    """With --models: keep the other models' runs from the existing JSON (checked beforehand by
+    `check_mergeable`); "seeds" becomes every seed that any model ran."""
+    old = _previous(path, names)
+    if old is None:
+        return result
     for old_v, new_v in zip(old["variants"], result["variants"]):
         # Rows are matched by core and plasticity, so a renamed row keeps its runs.
         previous = {(m["spec"]["core"], m["spec"]["plasticity"]): m for m in old_v["models"]}
         for model in new_v["models"]:
             key = (model["spec"]["core"], model["spec"]["plasticity"])
-            if model["rerun"] or key not in previous or not previous[key].get("runs"):
-                continue
-            if previous[key]["spec"]["hidden_size"] != model["spec"]["hidden_size"]:
-                raise UsageError(
-                    f"--models: {model['spec']['name']} ran at H="
-                    f"{previous[key]['spec']['hidden_size']} in {path}, now H="
-                    f"{model['spec']['hidden_size']}; rerun the whole task instead"
-                )
-            model["runs"] = previous[key]["runs"]
+            if not model["rerun"] and previous.get(key, {}).get("runs"):
+                model["runs"] = previous[key]["runs"]
+    result["seeds"] = sorted(set(old["seeds"]) | set(result["seeds"]))
     result["invocations"] = old["invocations"] + result["invocations"]
     return result
 
@@ -234,6 +258,8 @@ def run_task(name: str, args: argparse.Namespace) -> bool:
     if unknown:
         names = sorted({s.name for s in specs} | {s.core for s in specs})
         raise UsageError(f"--models: no model {unknown} in {name}; models: {', '.join(names)}")
+    json_path = args.out / "results" / f"{name}.json"
+    check_mergeable(json_path, variants, args.models)  # before hours of training, not after
     loads = run_all(name, jobs, args.jobs)
     ok = all("error" not in run for entry, *_ in jobs for run in entry["runs"])
     load_mean, _ = mean_std(loads)
@@ -256,7 +282,6 @@ def run_task(name: str, args: argparse.Namespace) -> bool:
         "invocations": [invocation],
         "variants": variants,
     }
-    json_path = args.out / "results" / f"{name}.json"
     result = merge_previous(json_path, result, args.models)
     for variant in result["variants"]:
         for model in variant["models"]:

@@ -274,3 +274,30 @@ def test_two_worker_processes_give_the_same_layout(tmp_path):
     assert all([r["seed"] for r in runs] == [0, 1] for runs in ran.values())
     page = (tmp_path / "results.md").read_text()
     assert "| LSTM | lstm | 9 | 1828 | not run |" in page
+
+
+def test_models_merge_other_seed_counts_and_refuse_other_settings_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    base = ["--task", "art", "--quick", "--out", str(tmp_path)]
+    assert reproduce.main([*base, "--seeds", "2", "--models", "stpn"]) == 0
+    assert reproduce.main([*base, "--seeds", "1", "--models", "rnn"]) == 0
+    data = json.loads((tmp_path / "results" / "art.json").read_text())
+    ran = {m["spec"]["core"]: [r["seed"] for r in m["runs"]] for m in data["variants"][0]["models"]}
+    assert ran["stpn"] == [0, 1] and ran["rnn"] == [0] and data["seeds"] == [0, 1]
+    assert "Seeds: STPN 0, 1; RNN 0." in (tmp_path / "results.md").read_text()
+
+    # Other settings: a one-line error before any run starts, and the JSON is untouched.
+    before = (tmp_path / "results" / "art.json").read_text()
+    variants = art.variants
+
+    def other_lr(quick):
+        return [{**v, "lr": 0.5} for v in variants(quick)]
+
+    monkeypatch.setattr(art, "variants", other_lr)
+    monkeypatch.setattr(reproduce, "run_all", lambda *a: pytest.fail("trained before the check"))
+    capsys.readouterr()
+    assert reproduce.main([*base, "--seeds", "1", "--models", "lstm"]) == 2
+    err = capsys.readouterr().err
+    assert "settings differ" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "results" / "art.json").read_text() == before

@@ -292,6 +292,19 @@ def _settings_line(settings: dict[str, Any]) -> str:
     return ", ".join(f"`{k}`={v}" for k, v in settings.items() if k != "variant")
 
 
+def _seeds_line(result: dict[str, Any]) -> str:
+    """"0, 1, 2" when every model that ran has the same seeds, else the seeds per model."""
+    ran = [
+        (m["spec"]["name"], [r["seed"] for r in m["runs"]])
+        for v in result["variants"]
+        for m in v["models"]
+        if m.get("runs")
+    ]
+    if len({tuple(seeds) for _, seeds in ran}) <= 1:
+        return ", ".join(map(str, result["seeds"]))
+    return "; ".join(f"{name} {', '.join(map(str, seeds))}" for name, seeds in ran)
+
+
 def _wall_line(result: dict[str, Any]) -> str:
     parts = []
     for inv in result["invocations"]:
@@ -316,7 +329,7 @@ def markdown_section(result: dict[str, Any], task: Any, images: list[str]) -> st
         f"Command: `{result['invocations'][0]['command']}`"
         + (" (quick smoke run, not a result)" if result.get("quick") else ""),
         "",
-        f"Seeds: {', '.join(map(str, result['seeds']))}. Wall time: {_wall_line(result)}.",
+        f"Seeds: {_seeds_line(result)}. Wall time: {_wall_line(result)}.",
         "",
         task.notes(result["variants"][0]["settings"]),
         "",
