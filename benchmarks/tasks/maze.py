@@ -60,7 +60,7 @@ def variants(quick: bool) -> list[dict[str, Any]]:
             "size": 13,
             "episode_length": 200,
             "num_mazes": 4 if quick else 64,
-            "iterations": 2 if quick else 250,
+            "iterations": 2 if quick else 150,
             "lr": 3e-3,
             "gamma": 0.9,
             "vf_loss_coeff": 0.1,

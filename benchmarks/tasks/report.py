@@ -293,7 +293,7 @@ def _settings_line(settings: dict[str, Any]) -> str:
 
 
 def _seeds_line(result: dict[str, Any]) -> str:
-    """"0, 1, 2" when every model that ran has the same seeds, else the seeds per model."""
+    """ "0, 1, 2" when every model that ran has the same seeds, else the seeds per model."""
     ran = [
         (m["spec"]["name"], [r["seed"] for r in m["runs"]])
         for v in result["variants"]
