@@ -457,3 +457,56 @@ def test_cpp_kernel_flushes_denormals_only_while_it_runs():
     assert (st.F.abs() < 1.2e-38).sum() == (st.F == 0).sum()  # no denormal left in the output
     tiny = torch.tensor([1e-39]) * torch.tensor([1.0])
     assert tiny.item() != 0.0  # the caller's mode: denormals still exist here
+
+
+@pytest.mark.parametrize("every", [1, 2, 3, 4, 6, 7, 40])
+@pytest.mark.parametrize("variant", [(None, False), (0.1, True)])
+def test_cpp_checkpointed_states_give_the_reference(every, variant, monkeypatch):
+    """The training forward keeps every k-th state and the backward recomputes the others: for
+    any k (segments of every length, k beyond T, per-sample lengths that end inside a segment,
+    the authors' clamp and post-update normalisation, two threads) values and gradients are the
+    reference's."""
+    fused_cpp.load()
+    monkeypatch.setattr(fused_cpp, "CHECKPOINT_EVERY", every)
+    torch.manual_seed(17)
+    B, T, I, H = 5, 9, 4, 6
+    f_clamp, post = variant
+    layer = STPN(I, H, f_clamp=f_clamp, post_update_norm=post)
+    with torch.no_grad():
+        layer.weight_gamma.uniform_(-0.5, 0.5)
+    ref = copy.deepcopy(layer)
+    ref.implementation = "reference"
+    D = layer.synapse_size
+    x, lens = torch.randn(B, T, I), torch.tensor([9, 8, 3, 0, 5])
+    h0, F0 = torch.randn(B, H) * 0.5, torch.randn(B, H, D) * 0.3
+    w = [torch.randn(B, T, H), torch.randn(B, H), torch.randn(B, H, D), torch.randn(B, T)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for lay in (layer, ref):
+            xs = x.clone().requires_grad_()
+            st = STPNState(h0.clone().requires_grad_(), F0.clone().requires_grad_())
+            out, new, power = lay(xs, st, return_power=True, seq_lens=lens)
+            vals = [out, new.h, new.F, power]
+            sum((v * wi).sum() for v, wi in zip(vals, w)).backward()
+            grads = [xs.grad, st.h.grad, st.F.grad] + [p.grad for p in lay.parameters()]
+            results.append([v.detach() for v in vals] + grads)
+    finally:
+        torch.set_num_threads(previous)
+    for got, want in zip(*results):
+        assert want.abs().max() > 0
+        assert _rel_err(got, want) < 1e-4
+
+
+def test_cpp_training_forward_keeps_only_the_checkpoints():
+    """Saved for the backward: k checkpoint slabs plus max(k - 1, 2) scratch slabs, not T - 1."""
+    fused_cpp.load()
+    B, T, I, H = 2, 50, 3, 4
+    layer = STPN(I, H)
+    x = torch.randn(B, T, I, requires_grad=True)
+    out, _, _ = layer(x, return_power=True)
+    k = fused_cpp.checkpoint_every(T)
+    assert k == 7
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None and t.dim() == 4]
+    assert [tuple(t.shape) for t in saved] == [((T - 1) // k + (k - 1), B, H, layer.synapse_size)]

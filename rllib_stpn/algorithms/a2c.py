@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -119,6 +120,8 @@ class A2CConfig(AlgorithmConfig):
         self.exploration_loss = "entropy"
         self.loss_reduction = "mean"
         self.adam_epsilon = 1e-8  # torch's default; the authors' maze code uses 1e-4
+        # torch threads of the learners and env runners (`thread_counts`).
+        self.torch_threads: str | int | None = "auto"
 
     @override(AlgorithmConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
@@ -189,6 +192,7 @@ class A2CConfig(AlgorithmConfig):
         exploration_loss: str | None = NotProvided,
         loss_reduction: str | None = NotProvided,
         adam_epsilon: float | None = NotProvided,
+        torch_threads: str | int | None = NotProvided,
         **kwargs: Any,
     ) -> Self:
         """Sets the training settings (plus everything ``AlgorithmConfig.training`` takes).
@@ -220,6 +224,12 @@ class A2CConfig(AlgorithmConfig):
                 of the reduced loss.
             adam_epsilon: Adam's epsilon (> 0; default 1e-8, torch's; the authors' maze code
                 uses 1e-4).
+            torch_threads: torch's intra-op threads in the learners and env runners. "auto"
+                (default): A2C's sampling and update never overlap, so each phase may use the
+                CPUs the whole trial reserved (main process, env runners, learners), split
+                among the processes of that phase and capped at the machine's CPU count (see
+                `thread_counts`); an int >= 1: that many everywhere; None: Ray's setting (one
+                thread per CPU assigned to the process).
             **kwargs: Forwarded to ``AlgorithmConfig.training`` (lr or lr schedule, gamma,
                 grad_clip, grad_clip_by, train_batch_size_per_learner, ...).
 
@@ -245,7 +255,36 @@ class A2CConfig(AlgorithmConfig):
             self.loss_reduction = loss_reduction
         if adam_epsilon is not NotProvided:
             self.adam_epsilon = adam_epsilon
+        if torch_threads is not NotProvided:
+            self.torch_threads = torch_threads
         return self
+
+    def thread_counts(self) -> tuple[int, int] | None:
+        """(threads per learner, threads per env runner), or None to leave Ray's setting.
+
+        With "auto": the trial reserves ``num_cpus_for_main_process + num_env_runners x
+        num_cpus_per_env_runner + num_learners x num_cpus_per_learner`` CPUs. While the learners
+        update, the env runners and the main process wait for the new weights, and while the env
+        runners sample the learners wait for the episodes; so the learners share the reservation
+        during the update and the env runners share it during sampling, each capped at this
+        machine's CPU count. Pong with 1 env runner and 1 learner on 2 cores: (2, 2).
+        """
+        if self.torch_threads is None:
+            return None
+        if self.torch_threads != "auto":
+            return self.torch_threads, self.torch_threads
+        per_learner = self.num_cpus_per_learner if _is_number(self.num_cpus_per_learner) else 1
+        reserved = (
+            self.num_cpus_for_main_process
+            + self.num_env_runners * self.num_cpus_per_env_runner
+            + self.num_learners * per_learner
+        )
+        machine = os.cpu_count() or 1
+
+        def share(processes: int) -> int:
+            return int(max(1, min(machine, reserved // max(1, processes))))
+
+        return share(self.num_learners), share(self.num_env_runners)
 
     @override(AlgorithmConfig)
     def validate(self) -> None:
@@ -327,6 +366,15 @@ class A2CConfig(AlgorithmConfig):
             )
         if not _is_number(self.adam_epsilon) or self.adam_epsilon <= 0:
             raise ValueError(f"`adam_epsilon` must be a number > 0, got {self.adam_epsilon!r}")
+        threads = self.torch_threads
+        if not (
+            threads is None
+            or threads == "auto"
+            or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)
+        ):
+            raise ValueError(
+                f"`torch_threads` must be 'auto', None or an int >= 1, got {threads!r}"
+            )
 
     @staticmethod
     def _validate_schedule(name: str, value: Any, *, allow_zero: bool) -> None:
@@ -367,6 +415,23 @@ class A2C(Algorithm):
     @override(Algorithm)
     def get_default_config(cls) -> A2CConfig:
         return A2CConfig()
+
+    @override(Algorithm)
+    def setup(self, config: A2CConfig) -> None:
+        super().setup(config)
+        counts = self.config.thread_counts()
+        if counts is None:
+            return
+        learner_threads, runner_threads = counts
+        # Processes of one phase share the trial's CPUs (see A2CConfig.thread_counts); with no
+        # remote env runners (or learners) the local one in this process runs that phase.
+        self.learner_group.foreach_learner(lambda _learner: _set_threads(learner_threads))
+        self.env_runner_group.foreach_env_runner(
+            lambda _runner: _set_threads(runner_threads),
+            local_env_runner=self.config.num_env_runners == 0,
+        )
+        if self.config.num_env_runners == 0 and self.config.num_learners == 0:
+            _set_threads(max(learner_threads, runner_threads))  # one process runs both phases
 
     @override(Algorithm)
     def training_step(self) -> None:
@@ -429,6 +494,13 @@ class A2C(Algorithm):
             timesteps=timesteps,
             num_epochs=1,
         )
+
+
+def _set_threads(n: int) -> int:
+    import torch
+
+    torch.set_num_threads(n)
+    return n
 
 
 def shard_whole_episodes(episodes: list, num_shards: int) -> list[list]:

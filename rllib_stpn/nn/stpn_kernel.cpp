@@ -224,9 +224,12 @@ inline void store_fence() {
 #endif
 }
 
-// Where sample b's F_{t+1} goes. With `keep` (training), F_1..F_{T-1} land in the saved-states
-// buffer Fs (T-1 slabs of (B, H, D)) and the sample's last state in FT; without it (sampling) two
-// buffers alternate so that the last state again lands in FT. A sample's last step is len_b - 1.
+// Where sample b's F_{t+1} goes. With `keep` (training), every `every`-th state (F_every,
+// F_2every, ...) lands in its checkpoint slab of the saved-states buffer Fs and the others in two
+// scratch slabs after them, which alternate (the backward recomputes those states from the
+// checkpoints: `recompute_segment`); `every` = 1 keeps all of F_1..F_{T-1}. Without `keep`
+// (sampling) two buffers alternate. Either way a sample's last state (after its step len_b - 1)
+// lands in FT.
 template <typename T>
 struct FDest {
   T* FT;
@@ -234,9 +237,15 @@ struct FDest {
   T* spare;
   int64_t BHD;
   bool keep;
+  int64_t every;        // checkpoint interval k
+  int64_t checkpoints;  // slabs 0..checkpoints-1 of Fs hold F_k, F_2k, ...
   T* base(int64_t t, int64_t len) const {
     if (t == len - 1) return FT;
-    if (keep) return Fs + t * BHD;
+    if (keep) {
+      const int64_t s = t + 1;  // the state written at step t
+      if (s % every == 0) return Fs + (s / every - 1) * BHD;
+      return Fs + (checkpoints + s % 2) * BHD;
+    }
     return ((len - 1 - t) % 2 == 0) ? FT : spare;
   }
 };
@@ -421,12 +430,56 @@ void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias,
   }
 }
 
+// The backward's states F_{t0+1}..F_{t1} of the current thread's samples, recomputed from the
+// checkpoint F_{t0} (`start`) into the segment slabs seg[0..t1-t0-1] with the forward's own
+// update (h_s, n_s and, for the variants, the same row function are all saved), so that only every
+// k-th state has to be kept between the forward and the backward. States a sample never reaches
+// (s >= len_b) are skipped.
+template <typename T, bool NORM, bool VAR>
+void recompute_segment(const T* x, const T* h0, const T* W, const T* L, const T* G, const T* out,
+                       const T* N, const int64_t* lens, int64_t b0, int64_t b1, int64_t Tn,
+                       int64_t I, int64_t H, int64_t D, bool recurrent, T eps,
+                       const Variant<T>& var, const T* start, T* seg, int64_t BHD, int64_t t0,
+                       int64_t t1, T* z, int64_t nb) {
+  for (int64_t s = t0 + 1; s <= t1; ++s) {
+    const int64_t t = s - 1;  // the step whose update made F_s
+    const T* src = t == t0 ? start : seg + (t - t0 - 1) * BHD;
+    T* dst = seg + (s - t0 - 1) * BHD;
+    for (int64_t b = b0; b < b1; ++b) {
+      if (lens && s >= lens[b]) continue;
+      const T* hprev = t > 0 ? out + (b * Tn + t - 1) * H : h0 + b * H;
+      build_z(z + b * D, x + b * Tn * I, t, hprev, 0, 1, Tn, I, H, D, recurrent);
+    }
+    for (int64_t i0 = 0; i0 < H; i0 += nb) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (lens && s >= lens[b]) continue;
+        const T* __restrict zb = z + b * D;
+        for (int64_t i = i0; i < std::min(H, i0 + nb); ++i) {
+          const int64_t k = b * H + i, kt = (b * Tn + t) * H + i;
+          const T* __restrict f = src + k * D;
+          T* __restrict fd = dst + k * D;
+          const T* __restrict l = L + i * D;
+          const T* __restrict g = G + i * D;
+          const T h = out[kt], iv = NORM ? T(1) / N[kt] : T(1);
+          if constexpr (VAR) {
+            update_row_variant<T>(f, fd, W + i * D, l, g, zb, h, var.post ? T(1) : iv, var, eps,
+                                  D);
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * zb[j]);
+          }
+        }
+      }
+    }
+  }
+}
+
 template <typename T, bool NORM, bool POW, bool VAR>
 void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, const T* L,
                 const T* G, const T* out, const T* S, const T* N, const T* R, const T* P,
                 const T* g_out, const T* g_h, const T* g_P, T* gF, const int64_t* lens,
                 int64_t B, int64_t Tn, int64_t I, int64_t H, int64_t D, bool recurrent, T eps,
-                const Variant<T>& var, T* dx, T* dh0, T* dW, T* db, T* dL, T* dG,
+                const Variant<T>& var, int64_t every, T* dx, T* dh0, T* dW, T* db, T* dL, T* dG,
                 int nthreads) {
   // With `post` the update took F itself (a = 1): its terms lose the 1/n and dn its Σ Λ F u.
   const bool post = VAR && var.post;
@@ -435,7 +488,9 @@ void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, c
   std::vector<T> acc(static_cast<int64_t>(nthreads) * per, T(0));
   std::vector<T> z(B * D), gh(B * H, 0), dz(B * D);
   if (g_h) std::copy(g_h, g_h + B * H, gh.begin());
-  const int64_t nb = block_size(H, D, 6, sizeof(T));
+  const int64_t nb = block_size(H, D, 6, sizeof(T)), nb_re = block_size(H, D, 3, sizeof(T));
+  const int64_t BHD = B * H * D, checkpoints = (Tn - 1) / every;
+  T* seg = const_cast<T*>(Fs) + checkpoints * BHD;  // the forward's scratch slabs, reused
 #pragma omp parallel num_threads(nthreads)
   {
     const FlushDenormals flush;
@@ -446,7 +501,14 @@ void bwd_kernel(const T* x, const T* h0, const T* F0, const T* Fs, const T* W, c
     T* dGt = dLt + H * D;
     T* dbt = dGt + H * D;
     for (int64_t t = Tn - 1; t >= 0; --t) {
-      const T* F = t > 0 ? Fs + (t - 1) * B * H * D : F0;
+      const int64_t t0 = t - t % every;  // this segment's checkpoint step
+      const T* start = t0 == 0 ? F0 : Fs + (t0 / every - 1) * BHD;
+      if (t % every != 0 && (t == Tn - 1 || (t + 1) % every == 0)) {  // entering the segment
+        recompute_segment<T, NORM, VAR>(x, h0, W, L, G, out, N, lens, b0, b1, Tn, I, H, D,
+                                        recurrent, eps, var, start, seg, BHD, t0, t, z.data(),
+                                        nb_re);
+      }
+      const T* F = t == t0 ? start : seg + (t - t0 - 1) * BHD;
       for (int64_t b = b0; b < b1; ++b) {
         if (lens && t >= lens[b]) continue;  // padding: no gradient flows through it
         if (t > 0) {
@@ -673,7 +735,7 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
                                  const Tensor& L_, const Tensor& G_,
                                  const std::optional<Tensor>& lens_, bool recurrent,
                                  bool normalize, bool power, bool keep, double eps,
-                                 double clamp, bool post) {
+                                 double clamp, bool post, int64_t every) {
   const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), F0 = F0_.contiguous();
   const Tensor W = W_.contiguous(), L = L_.contiguous(), G = G_.contiguous();
   const Tensor bias = opt_contig(bias_), lens = opt_contig(lens_);
@@ -687,13 +749,19 @@ std::vector<Tensor> stpn_forward(const Tensor& x_, const Tensor& h0_, const Tens
   Tensor M = post ? uninit({B, Tn, H}, o) : uninit({0}, o);
   const bool var = post || clamp < std::numeric_limits<double>::infinity();
   Tensor FT = pooled_output({B, H, D}, o);
-  Tensor Fs = (keep && Tn > 1) ? pooled_saved_states({Tn - 1, B, H, D}, o) : uninit({0}, o);
+  TORCH_CHECK(every >= 1, "stpn: checkpoint interval must be >= 1, got ", every);
+  // Checkpoints F_k, F_2k, ... plus the scratch slabs: two for the forward, k - 1 for the
+  // backward's recomputed segment (the same memory).
+  const int64_t checkpoints = (Tn - 1) / every;
+  const int64_t slabs = checkpoints + (every > 1 ? std::max<int64_t>(every - 1, 2) : 0);
+  Tensor Fs = (keep && Tn > 1) ? pooled_saved_states({slabs, B, H, D}, o) : uninit({0}, o);
   Tensor spare = (!keep && Tn > 1) ? pooled_output({B, H, D}, o) : uninit({0}, o);
   const int nt = at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stpn_forward", [&] {
     using T = scalar_t;
     const FDest<T> dst{FT.data_ptr<T>(), keep && Tn > 1 ? Fs.data_ptr<T>() : nullptr,
-                       !keep && Tn > 1 ? spare.data_ptr<T>() : nullptr, B * H * D, keep};
+                       !keep && Tn > 1 ? spare.data_ptr<T>() : nullptr, B * H * D, keep, every,
+                       checkpoints};
     const Variant<T> variant{static_cast<T>(clamp), post, const_cast<T*>(ptr_or_null<T>(M))};
     with_flags(normalize, power, var, [&](auto NORM, auto POW, auto VAR) {
       constexpr bool n = decltype(NORM)::value, p = decltype(POW)::value;
@@ -729,7 +797,8 @@ std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Ten
                                   const std::optional<Tensor>& g_h_,
                                   const std::optional<Tensor>& g_P_, Tensor& gF,
                                   const std::optional<Tensor>& lens_, bool recurrent,
-                                  bool normalize, double eps, double clamp, bool post) {
+                                  bool normalize, double eps, double clamp, bool post,
+                                  int64_t every) {
   const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), F0 = F0_.contiguous();
   const Tensor Fs = Fs_.contiguous(), W = W_.contiguous(), L = L_.contiguous();
   const Tensor G = G_.contiguous(), out = out_.contiguous(), S = S_.contiguous();
@@ -755,7 +824,7 @@ std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Ten
           W.data_ptr<T>(), L.data_ptr<T>(), G.data_ptr<T>(), out.data_ptr<T>(),
           S.data_ptr<T>(), ptr_or_null<T>(N), ptr_or_null<T>(R), ptr_or_null<T>(P),
           ptr_or_null<T>(g_out), ptr_or_null<T>(g_h), ptr_or_null<T>(g_P), gF.data_ptr<T>(),
-          len, B, Tn, I, H, D, recurrent, static_cast<T>(eps), variant, dx.data_ptr<T>(),
+          len, B, Tn, I, H, D, recurrent, static_cast<T>(eps), variant, every, dx.data_ptr<T>(),
           dh0.data_ptr<T>(), dW.data_ptr<T>(), db.data_ptr<T>(), dL.data_ptr<T>(),
           dG.data_ptr<T>(), nt);
     });
@@ -770,11 +839,12 @@ std::vector<Tensor> stpn_backward(const Tensor& x_, const Tensor& h0_, const Ten
 TORCH_LIBRARY(STPN_NAMESPACE, m) {
   m.def("forward(Tensor x, Tensor h0, Tensor F0, Tensor W, Tensor? bias, Tensor lam, "
         "Tensor gam, Tensor? lens, bool recurrent, bool normalize, bool power, bool keep, "
-        "float eps, float clamp, bool post) -> Tensor[]", &stpn_forward);
+        "float eps, float clamp, bool post, int every) -> Tensor[]", &stpn_forward);
   m.def("backward(Tensor x, Tensor h0, Tensor F0, Tensor Fs, Tensor W, Tensor lam, "
         "Tensor gam, Tensor out, Tensor S, Tensor N, Tensor R, Tensor P, Tensor M, "
         "Tensor? g_out, Tensor? g_h, Tensor? g_P, Tensor(a!) gF, Tensor? lens, "
-        "bool recurrent, bool normalize, float eps, float clamp, bool post) -> Tensor[]",
+        "bool recurrent, bool normalize, float eps, float clamp, bool post, int every) "
+        "-> Tensor[]",
         &stpn_backward);
   m.def("release() -> ()", &release_buffers);
 }
