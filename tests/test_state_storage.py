@@ -10,6 +10,7 @@ import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
@@ -338,3 +339,33 @@ def test_ppo_in_a_ray_actor_with_several_samples_per_iteration(ray_session):
 
     losses = ray_session.get(Trial.remote().train.remote(config))
     assert len(losses) == 2 and all(np.isfinite(loss) for loss in losses)
+
+
+def test_learner_batches_synaptic_states_into_a_reused_buffer():
+    """The learner's F rows go into one buffer per size, reused once nothing refers to it."""
+    from rllib_stpn.state_storage import PLACEHOLDER, BatchTrainingSynapticStates
+    from rllib_stpn.state_storage.connectors import _TRAINING_ROWS
+
+    piece = BatchTrainingSynapticStates()
+    rng = np.random.default_rng(0)
+
+    def call(n_rows):
+        rows = [{"F": rng.normal(size=(3, 4)).astype(np.float32)} for _ in range(n_rows)]
+        batch = {Columns.STATE_IN: {"h": np.zeros((n_rows, 3)), PLACEHOLDER: np.zeros(n_rows)}}
+        out = piece(
+            rl_module=None,
+            batch=batch,
+            episodes=[],
+            shared_data={_TRAINING_ROWS: {DEFAULT_MODULE_ID: rows}},
+        )[Columns.STATE_IN]
+        assert PLACEHOLDER not in out and set(out) == {"h", "F"}
+        np.testing.assert_array_equal(out["F"], np.stack([r["F"] for r in rows]))
+        return out["F"]
+
+    held = call(5)
+    second = call(5)
+    assert not np.shares_memory(held, second)  # `held` is still referenced: a new buffer
+    address = second.__array_interface__["data"][0]
+    del second
+    assert call(5).__array_interface__["data"][0] == address  # dropped: reused
+    assert call(2).shape == (2, 3, 4)

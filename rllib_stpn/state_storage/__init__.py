@@ -36,6 +36,7 @@ from rllib_stpn.state_storage.config import (
 from rllib_stpn.state_storage.connectors import (
     AddSynapticStatesToBatch,
     BatchSynapticStates,
+    BatchTrainingSynapticStates,
     MoveSynapticStateToEpisode,
 )
 from rllib_stpn.state_storage.container import (
@@ -57,6 +58,7 @@ __all__ = [
     "STATES_KEY",
     "AddSynapticStatesToBatch",
     "BatchSynapticStates",
+    "BatchTrainingSynapticStates",
     "MoveSynapticStateToEpisode",
     "SynapticStates",
     "builds_own_compact_states",

@@ -3,6 +3,7 @@ rebuilt from it (env-to-module and learner), exactly as RLlib's default path bui
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,16 @@ from rllib_stpn.state_storage.container import (
     single_module,
 )
 
-__all__ = ["AddSynapticStatesToBatch", "BatchSynapticStates", "MoveSynapticStateToEpisode"]
+__all__ = [
+    "AddSynapticStatesToBatch",
+    "BatchSynapticStates",
+    "BatchTrainingSynapticStates",
+    "MoveSynapticStateToEpisode",
+]
+
+# shared_data key: the compact rows of a learner batch, in row order, for
+# BatchTrainingSynapticStates.
+_TRAINING_ROWS = "_stpn_training_rows"
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -152,11 +162,13 @@ def _start_state(module: Any, ep: Any, keys: tuple[str, ...], states: Any, index
 class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
     """RLlib's STATE_IN builder, reading the compact keys from `custom_data`.
 
-    As an env-to-module piece with `batched_later=True`, it leaves the compact keys out and
-    `BatchSynapticStates` (after RLlib's BatchIndividualItems) adds them batched, without a
-    copy when they are the rows of the previous step's output. As a learner piece,
-    `row_starts(length, max_seq_len)` gives the chunk steps its training rows start at (RLlib's
-    layout by default; A2C's has no row for the artificial step alone).
+    With `batched_later=True` it leaves the compact keys out, and a piece after RLlib's
+    BatchIndividualItems adds them batched: `BatchSynapticStates` (env-to-module; without a copy
+    when they are the rows of the previous step's output) or `BatchTrainingSynapticStates`
+    (learner; one copy into a reused buffer instead of RLlib's per-row items concatenated into
+    fresh memory, which at the Pong size with 64 envs cost most of the learner connector). As a
+    learner piece, `row_starts(length, max_seq_len)` gives the chunk steps its training rows
+    start at (RLlib's layout by default; A2C's has no row for the artificial step alone).
     """
 
     def __init__(
@@ -183,7 +195,7 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
                 return super().__call__(
                     rl_module=rl_module, batch=batch, episodes=episodes, shared_data=shared_data
                 )
-            self._add_training_states(rl_module, batch, episodes)
+            self._add_training_states(rl_module, batch, episodes, shared_data)
         else:
             self._add_next_states(rl_module, batch, episodes)
         return batch
@@ -209,7 +221,9 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
                 state = state or {PLACEHOLDER: np.zeros((), np.float32)}
             self.add_batch_item(batch, Columns.STATE_IN, state, single_agent_episode=ep)
 
-    def _add_training_states(self, rl_module, batch, episodes) -> None:
+    def _add_training_states(self, rl_module, batch, episodes, shared_data) -> None:
+        if shared_data is None:
+            shared_data = {}
         for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             module = single_module(rl_module, ep)
             if not module.is_stateful():
@@ -220,6 +234,12 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
                 raise missing_state_error(ep)
             starts = list(self._row_starts(len(ep), module.model_config["max_seq_len"]))
             rows = [_start_state(module, ep, keys, states, s) for s in starts]
+            if keys and self._batched_later:
+                later = shared_data.setdefault(_TRAINING_ROWS, {})
+                later.setdefault(ep.module_id or DEFAULT_MODULE_ID, []).extend(
+                    {k: r.pop(k) for k in keys} for r in rows
+                )
+                rows = [r or {PLACEHOLDER: np.zeros((), np.float32)} for r in rows]
             self.add_n_batch_items(
                 batch=batch,
                 column=Columns.STATE_IN,
@@ -278,4 +298,50 @@ class BatchSynapticStates(ConnectorV2):
                     [initial[key] if c is None else c.state[key] for c in currents]
                 )
         state_in.pop(PLACEHOLDER, None)
+        return batch
+
+
+class BatchTrainingSynapticStates(ConnectorV2):
+    """Learner, after BatchIndividualItems: the compact keys of STATE_IN, one row per training
+    row, written into a buffer reused from call to call.
+
+    A fresh array of this size (43 MB for Pong's F with 64 envs) is faulted in page by page on
+    every update; a buffer is handed out again only once nothing refers to it (no tensor or
+    view of it is alive), so a batch someone still holds is never overwritten.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffers: list[np.ndarray] = []
+
+    def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        for i in range(len(self._buffers)):  # not enumerate: its cached tuple holds a reference
+            buf = self._buffers[i]
+            # References: the list's, `buf`'s and getrefcount's argument; any more is a user.
+            if buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) <= 3:
+                return buf
+            if sys.getrefcount(buf) <= 3 and len(self._buffers) >= 2:
+                self._buffers[i] = buf = np.empty(shape, dtype)  # a size no longer in use
+                return buf
+        buf = np.empty(shape, dtype)
+        self._buffers.append(buf)
+        return buf
+
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        rows_per_module = (shared_data or {}).pop(_TRAINING_ROWS, None)
+        if not rows_per_module:
+            return batch
+        for module_id, rows in rows_per_module.items():
+            # Single-agent batches hold the columns at the top, multi-agent ones per module.
+            if Columns.STATE_IN in batch:
+                state_in = batch[Columns.STATE_IN]
+            else:
+                state_in = batch[module_id][Columns.STATE_IN]
+            for key in rows[0]:
+                first = np.asarray(rows[0][key])
+                out = self._buffer((len(rows), *first.shape), first.dtype)
+                for i, row in enumerate(rows):
+                    out[i] = row[key]
+                state_in[key] = out
+            state_in.pop(PLACEHOLDER, None)
         return batch

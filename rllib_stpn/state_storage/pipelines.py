@@ -9,6 +9,7 @@ from ray.rllib.connectors.common import AddStatesFromEpisodesToBatch, BatchIndiv
 from rllib_stpn.state_storage.connectors import (
     AddSynapticStatesToBatch,
     BatchSynapticStates,
+    BatchTrainingSynapticStates,
     MoveSynapticStateToEpisode,
 )
 from rllib_stpn.state_storage.container import RowStarts, default_row_starts
@@ -44,6 +45,9 @@ def install_learner(pipeline: Any, row_starts: RowStarts = default_row_starts) -
         return
     if not any(type(c) is AddStatesFromEpisodesToBatch for c in pipeline.connectors):
         return
-    ours = AddSynapticStatesToBatch(as_learner_connector=True, row_starts=row_starts)
+    ours = AddSynapticStatesToBatch(
+        as_learner_connector=True, row_starts=row_starts, batched_later=True
+    )
     pipeline.insert_after(AddStatesFromEpisodesToBatch, ours)
     pipeline.remove(AddStatesFromEpisodesToBatch)
+    pipeline.insert_after(BatchIndividualItems, BatchTrainingSynapticStates())
