@@ -499,14 +499,18 @@ def test_cpp_checkpointed_states_give_the_reference(every, variant, monkeypatch)
         assert _rel_err(got, want) < 1e-4
 
 
-def test_cpp_training_forward_keeps_only_the_checkpoints():
-    """Saved for the backward: k checkpoint slabs plus max(k - 1, 2) scratch slabs, not T - 1."""
+def test_cpp_training_forward_keeps_only_the_checkpoints(monkeypatch):
+    """Within the budget every state is kept; beyond it k = round(sqrt(T - 1)) checkpoint slabs
+    plus max(k - 1, 2) scratch slabs, not T - 1."""
     fused_cpp.load()
     B, T, I, H = 2, 50, 3, 4
     layer = STPN(I, H)
     x = torch.randn(B, T, I, requires_grad=True)
-    out, _, _ = layer(x, return_power=True)
-    k = fused_cpp.checkpoint_every(T)
-    assert k == 7
-    saved = [t for t in out.grad_fn.saved_tensors if t is not None and t.dim() == 4]
-    assert [tuple(t.shape) for t in saved] == [((T - 1) // k + (k - 1), B, H, layer.synapse_size)]
+    state_bytes = B * H * layer.synapse_size * 4
+    for budget, k in ((T * state_bytes, 1), (state_bytes, 7)):
+        monkeypatch.setattr(fused_cpp, "SAVED_STATES_BUDGET", budget)
+        assert fused_cpp.checkpoint_every(T, state_bytes) == k
+        out, _, _ = layer(x, return_power=True)
+        saved = [t for t in out.grad_fn.saved_tensors if t is not None and t.dim() == 4]
+        slabs = T - 1 if k == 1 else (T - 1) // k + (k - 1)
+        assert [tuple(t.shape) for t in saved] == [(slabs, B, H, layer.synapse_size)]
