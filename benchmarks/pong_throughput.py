@@ -78,12 +78,13 @@ def _episode_data_bytes(runner) -> int:
     return total
 
 
-def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
+def run_variant(name: str, envs: int, rollout: int, iterations: int, threads: str) -> dict:
     """Build, warm up two iterations, then time `iterations` A2C iterations."""
     import ray
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from rllib_stpn import A2CConfig, STPNModel
+    from rllib_stpn.evaluate import private_logdir_root
 
     model_config = VARIANTS[name]
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
@@ -94,7 +95,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
             num_env_runners=1, num_envs_per_env_runner=envs, rollout_fragment_length=rollout
         )
         .learners(num_learners=1)
-        .training(lr=7e-4, grad_clip=40.0, gamma=0.99)
+        .training(lr=7e-4, grad_clip=40.0, gamma=0.99, torch_threads=_threads_setting(threads))
         .rl_module(
             rl_module_spec=RLModuleSpec(
                 module_class=STPNModel, model_config={**model_config, "max_seq_len": rollout}
@@ -102,7 +103,8 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         )
         .debugging(seed=0)
     )
-    algo = config.build_algo()
+    with private_logdir_root():  # nothing left in ~/ray_results
+        algo = config.build_algo()
     runner_pid = algo.env_runner_group.foreach_env_runner(
         lambda r: os.getpid(), local_env_runner=False
     )[0]
@@ -145,6 +147,7 @@ def run_variant(name: str, envs: int, rollout: int, iterations: int) -> dict:
         "episode_kb_per_step": (held_end - held_warm) / 1024 / (steps_per_iter * iterations),
         "episodes_ended": episodes_ended,
         "learner_peak_mb": learner_peak,
+        "threads": list(config.thread_counts() or (None, None)),
         **parts,
     }
 
@@ -242,19 +245,37 @@ def _print_table(results: dict, columns: list[tuple[str, str, str, str]]) -> Non
         print("".join(f"{r[key]:{align}{fmt}}" for _, key, align, fmt in columns))
 
 
+def _threads_setting(text: str) -> str | int | None:
+    """--torch-threads: "auto" (A2C's default), "ray" (Ray's one per CPU) or an int >= 1."""
+    if text == "auto":
+        return "auto"
+    if text == "ray":
+        return None
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=8, help="environments (the paper used 64)")
     parser.add_argument("--rollout", type=int, default=50, help="rollout length = max_seq_len")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument(
+        "--torch-threads",
+        default="auto",
+        help="A2C's torch_threads for every variant: auto (default), ray (Ray's one per CPU) or N",
+    )
+    parser.add_argument("--out", help="also write the results as JSON to this file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     for key in ("envs", "rollout", "iterations"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1, got {getattr(args, key)}")
+    threads = args.torch_threads
+    if threads not in ("auto", "ray") and not (threads.isdigit() and int(threads) >= 1):
+        parser.error(f"--torch-threads must be auto, ray or an int >= 1, got {threads!r}")
     if args.one:
-        result = run_variant(args.one, args.envs, args.rollout, args.iterations)
+        result = run_variant(args.one, args.envs, args.rollout, args.iterations, threads)
         print("RESULT " + json.dumps(result), flush=True)
         # Ray Train's learner workers try to shut down again at interpreter exit, after
         # ray.shutdown(), and fail there; the measurement is complete, so leave directly.
@@ -265,16 +286,34 @@ def main() -> None:
         parser.error(f"unknown variant(s) {unknown}; valid: {list(VARIANTS)}")
 
     results = {}
+    started, loads = time.strftime("%Y-%m-%dT%H:%M:%S%z"), [os.getloadavg()[0]]
     for name in names:
         cmd = [sys.executable, __file__, "--one", name, "--envs", str(args.envs)]
         cmd += ["--rollout", str(args.rollout), "--iterations", str(args.iterations)]
+        cmd += ["--torch-threads", threads]
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
             sys.exit(f"variant {name} failed:\n{out.stderr[-3000:]}")
         results[name] = json.loads(lines[-1][len("RESULT ") :])
+        loads.append(os.getloadavg()[0])
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                {
+                    "command": "python -m benchmarks.pong_throughput " + " ".join(sys.argv[1:]),
+                    "started": started,
+                    "load_1min": loads,
+                    "cpus": os.cpu_count(),
+                    "results": results,
+                },
+                f,
+                indent=1,
+            )
 
     print(f"A2C on stpn/Pong-v0, {args.envs} envs x {args.rollout} steps, CPU")
+    learner_t, runner_t = next(iter(results.values()))["threads"]
+    print(f"torch threads: {learner_t} per learner, {runner_t} per env runner (--torch-threads)")
     print("env runner per sampled step: growth of its RSS, and of the episode data it holds")
     columns = [
         ("variant", "variant", "<14", ""),
@@ -322,6 +361,7 @@ def main() -> None:
             f"{ratio(s, lstm, 'connectors_ms')}, inference per sampled step "
             f"{ratio(s, lstm, 'inference_ms')}"
         )
+        print(f"learner peak memory STPN / LSTM: {ratio(s, lstm, 'learner_peak_mb')}")
         print(
             f"env-runner memory per sampled step STPN / LSTM: RSS "
             f"{ratio(s, lstm, 'runner_kb_per_step')}, episode data "
