@@ -44,6 +44,19 @@ Scripts/Nets.py; `model._energy.sum(-1)` in AtariMujoco/eval-pong.py and
 AtariMujoco/rllib_utils.py, github.com/NeuromorphicComputing/stpn). A per-neuron mean is the
 total divided by H.
 
+**Which LSTM.** The LSTM rows (and the RNN and MLP rows) are STPNModel's cores in the layout
+the paper's numbers come from, the same as the STPN rows': in InvertedPendulum the core reads
+the raw observation and linear policy and value heads read the core, H=64 for every core (the
+authors' AtariMujoco/rllib_nets.py, `TorchMLP_RNNModel` with `use_mlp` off); in the maze and
+ART the authors' own networks, likewise a core between the inputs and linear read-outs, at
+equal parameter counts. RLlib's default LSTM module, which STPNModel reproduces exactly with
+`rllib_stpn.rllib_lstm.rllib_lstm_model_config` (docs/fidelity.md), is a different model: a
+[256, 256] tanh MLP before a 256-unit LSTM, 594,179 parameters on InvertedPendulum with one
+LSTM for both heads and 1,187,587 with the separate value LSTM a plain-dict config gets,
+against 18,115 for the paper's H=64 LSTM. Set beside the paper's rows it would compare a
+different architecture 33-66 times larger, so these rows do not use it; where a task's
+comparison is "STPN against RLlib's LSTM", that configuration is the one to use.
+
 The paper's numbers are quoted from its Tables 1-4 as printed. A model whose core is not
 registered in this checkout is listed as "not available". "Against the paper" lists every pair
 of models that we rank differently from the paper, and says when the two are within one
