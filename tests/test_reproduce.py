@@ -301,3 +301,30 @@ def test_models_merge_other_seed_counts_and_refuse_other_settings_before_trainin
     err = capsys.readouterr().err
     assert "settings differ" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "results" / "art.json").read_text() == before
+
+
+def test_maze_table_puts_returns_on_the_random_to_oracle_scale():
+    from benchmarks.tasks import maze
+
+    settings = {**maze.variants(quick=True)[0], "size": 13, "episode_length": 200}
+    title, offset, span, note = maze.metric_scale(settings)
+    spec = maze.models(settings)[0].to_json()
+    run = {
+        "seed": 0,
+        "metric": offset + span / 2,
+        "power_mean": 1.0,
+        "power_std": 0.0,
+        "seconds": 1.0,
+        "curve_x": [],
+        "curve_metric": [],
+        "curve_power": [],
+    }
+    result = {
+        "invocations": [{"command": "c", "started": "2026-12-02", "wall_seconds": 1.0}],
+        "seeds": [0],
+        "variants": [{"settings": settings, "models": [{"spec": spec, "runs": [run]}]}],
+    }
+    section = report.markdown_section(result, maze, [])
+    assert f"| {title} |" in section and "| 0.500 ± 0.000 |" in section
+    paper = maze.fraction_of_oracle(maze.PAPER_STPN_RETURN, maze.baselines(13, 200))
+    assert f"is at {paper:.3f}" in note and note in section and 0 < paper < 1

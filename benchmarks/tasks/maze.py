@@ -210,6 +210,23 @@ def fraction_of_oracle(value: float, base: dict[str, float]) -> float:
     return (value - base["random"]) / (base["oracle"] - base["random"])
 
 
+def metric_scale(settings: dict[str, Any]) -> tuple[str, float, float, str | None]:
+    """The results table's extra column: returns as the fraction of the way from the random to
+    the oracle agent in this run's geometry, (R - offset) / span, and a sentence placing the
+    paper's STPN on that scale where the geometry is the paper's (else None)."""
+    base = baselines(settings["size"], settings["episode_length"])
+    span = base["oracle"] - base["random"]
+    note = None
+    if (settings["size"], settings["episode_length"]) == (13, 200):
+        paper = fraction_of_oracle(PAPER_STPN_RETURN, base)
+        note = (
+            f"Column random → oracle: (R - {base['random']:.2f}) / {span:.2f}, the fraction of "
+            f"the way from a random policy to the oracle; on it the paper's STPN "
+            f"({PAPER_STPN_RETURN}) is at {paper:.3f}."
+        )
+    return "random → oracle", base["random"], span, note
+
+
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------

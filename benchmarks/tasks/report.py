@@ -29,7 +29,7 @@ rewrites the task's section below. `--task all` runs the four tasks one after an
 `--quick` is a smoke run of the same pipeline with tiny budgets that writes to a temporary
 directory (or `--out DIR`), never to this page.
 
-The budgets are CPU-sized (minutes per task on a 2-core machine), orders of magnitude below the
+The budgets are CPU-sized (minutes to hours per task on a 2-core machine), far below the
 paper's, so absolute numbers are not comparable with the paper's; the orderings are what we
 compare. Values are mean ± standard deviation over seeds (population std, ddof=0).
 
@@ -43,6 +43,19 @@ each layer's per-neuron power over the postsynaptic neurons (`torch.sum(..., dim
 Scripts/Nets.py; `model._energy.sum(-1)` in AtariMujoco/eval-pong.py and
 AtariMujoco/rllib_utils.py, github.com/NeuromorphicComputing/stpn). A per-neuron mean is the
 total divided by H.
+
+**Which LSTM.** The LSTM rows (and the RNN and MLP rows) are STPNModel's cores in the layout
+the paper's numbers come from, the same as the STPN rows': in InvertedPendulum the core reads
+the raw observation and linear policy and value heads read the core, H=64 for every core (the
+authors' AtariMujoco/rllib_nets.py, `TorchMLP_RNNModel` with `use_mlp` off); in the maze and
+ART the authors' own networks, likewise a core between the inputs and linear read-outs, at
+equal parameter counts. RLlib's default LSTM module, which STPNModel reproduces exactly with
+`rllib_stpn.rllib_lstm.rllib_lstm_model_config` (docs/fidelity.md), is a different model: a
+[256, 256] tanh MLP before a 256-unit LSTM, 594,179 parameters on InvertedPendulum with one
+LSTM for both heads and 1,187,587 with the separate value LSTM a plain-dict config gets,
+against 18,115 for the paper's H=64 LSTM. Set beside the paper's rows it would compare a
+different architecture 33-66 times larger, so these rows do not use it; where a task's
+comparison is "STPN against RLlib's LSTM", that configuration is the one to use.
 
 The paper's numbers are quoted from its Tables 1-4 as printed. A model whose core is not
 registered in this checkout is listed as "not available". "Against the paper" lists every pair
@@ -343,10 +356,14 @@ def markdown_section(result: dict[str, Any], task: Any, images: list[str]) -> st
         if len(result["variants"]) > 1:
             lines += [f"### {settings['variant']}", ""]
         lines += [f"Budget: {_settings_line(settings)}.", ""]
+        # A task may also put its metric on a scale of its own (the maze: random -> oracle).
+        scale_of = getattr(task, "metric_scale", None)
+        extra = scale_of(settings) if scale_of else None
+        extra_title = f" {extra[0]} |" if extra else ""
         lines += [
-            f"| model | core | H | params | {task.METRIC} | {POWER_LABEL} "
+            f"| model | core | H | params | {task.METRIC} |{extra_title} {POWER_LABEL} "
             "| s / seed | paper: metric | paper: power |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|" + ("---|" if extra else ""),
         ]
         metric_rows, power_rows = [], []
         for model in variant["models"]:
@@ -372,10 +389,19 @@ def markdown_section(result: dict[str, Any], task: Any, images: list[str]) -> st
                     if s["power_mean"] is not None:
                         pp = paper_mean(spec.get("paper_power"))
                         power_rows.append((spec["name"], s["power_mean"], s["power_std"], pp))
+            scaled = ""
+            if extra:
+                _, offset, span, _ = extra
+                value = "–"
+                if not spec.get("unavailable") and s["metric_mean"] is not None:
+                    value = fmt((s["metric_mean"] - offset) / span, s["metric_std"] / span, 3)
+                scaled = f" {value} |"
             lines.append(
-                f"| {spec['name']} | {core} | {hidden} | {params} | {ours[0]} | {ours[1]} "
-                f"| {ours[2]} | {paper[0]} | {paper[1]} |"
+                f"| {spec['name']} | {core} | {hidden} | {params} | {ours[0]} |{scaled} "
+                f"{ours[1]} | {ours[2]} | {paper[0]} | {paper[1]} |"
             )
+        if extra and extra[3] is not None:
+            lines += ["", extra[3]]
         sources = sorted({m["spec"]["paper_source"] for m in variant["models"]} - {None})
         if sources:
             lines += ["", f"The paper's numbers: {'; '.join(sources)}."]
