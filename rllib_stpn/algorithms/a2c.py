@@ -423,15 +423,24 @@ class A2C(Algorithm):
         if counts is None:
             return
         learner_threads, runner_threads = counts
-        # Processes of one phase share the trial's CPUs (see A2CConfig.thread_counts); with no
-        # remote env runners (or learners) the local one in this process runs that phase.
-        self.learner_group.foreach_learner(lambda _learner: _set_threads(learner_threads))
-        self.env_runner_group.foreach_env_runner(
-            lambda _runner: _set_threads(runner_threads),
-            local_env_runner=self.config.num_env_runners == 0,
-        )
-        if self.config.num_env_runners == 0 and self.config.num_learners == 0:
-            _set_threads(max(learner_threads, runner_threads))  # one process runs both phases
+        # Processes of one phase share the trial's CPUs (see A2CConfig.thread_counts).
+        if self.config.num_learners > 0:
+            self.learner_group.foreach_learner(lambda _learner: _set_threads(learner_threads))
+        if self.config.num_env_runners > 0:
+            self.env_runner_group.foreach_env_runner(
+                lambda _runner: _set_threads(runner_threads), local_env_runner=False
+            )
+        # This process runs every phase that has no remote processes.
+        here = [
+            threads
+            for threads, remote in (
+                (learner_threads, self.config.num_learners),
+                (runner_threads, self.config.num_env_runners),
+            )
+            if remote == 0
+        ]
+        if here:
+            _set_threads(max(here))
 
     @override(Algorithm)
     def training_step(self) -> None:

@@ -86,6 +86,16 @@ inline void reduce_row(const T* __restrict f, const T* __restrict w, const T* __
   pa_out = pa;
 }
 
+// F' = Λ F / n + Γ h zᵀ for one row (iv = 1/n), the default update: the sampling step, a
+// sample's last training step and the backward's recomputed states (the other training steps
+// fuse it with the next step's reductions in `update_row_streaming` and its fallback loop).
+template <typename T>
+inline void update_row(const T* __restrict f, T* __restrict fd, const T* __restrict l,
+                       const T* __restrict g, const T* __restrict z, T h, T iv, int64_t D) {
+#pragma omp simd
+  for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
+}
+
 // The authors' variants (derivation in fused.py): U = Λ F a + Γ h zᵀ (a = 1/n, or 1 with `post`),
 // C = clamp(U, -c, c) (c = +inf without the clamp), F' = C / (||W + C|| + eps) with `post`, else C.
 // M receives ||W + C|| per (sample, step, neuron) for the backward.
@@ -304,8 +314,7 @@ void fwd_one_step(const T* x, const T* h0, const T* F0, const T* W, const T* bia
             const T r = update_row_variant<T>(f, fd, W + i * D, l, g, zb, h, a, var, eps, D);
             if (var.post) var.M[k] = r;
           } else {
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * zb[j]);
+            update_row<T>(f, fd, l, g, zb, h, iv, D);
           }
         }
       }
@@ -389,8 +398,7 @@ void fwd_kernel(const T* x, const T* h0, const T* F0, const T* W, const T* bias,
               continue;
             }
             if (t + 1 >= len) {
-#pragma omp simd
-              for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * z[j]);
+              update_row<T>(f, fd, l, g, z, h, iv, D);
               continue;
             }
             const T* __restrict z2 = zn + b * D;
@@ -465,8 +473,7 @@ void recompute_segment(const T* x, const T* h0, const T* W, const T* L, const T*
             update_row_variant<T>(f, fd, W + i * D, l, g, zb, h, var.post ? T(1) : iv, var, eps,
                                   D);
           } else {
-#pragma omp simd
-            for (int64_t j = 0; j < D; ++j) fd[j] = l[j] * (f[j] * iv) + g[j] * (h * zb[j]);
+            update_row<T>(f, fd, l, g, zb, h, iv, D);
           }
         }
       }

@@ -222,8 +222,8 @@ class AddSynapticStatesToBatch(AddStatesFromEpisodesToBatch):
             self.add_batch_item(batch, Columns.STATE_IN, state, single_agent_episode=ep)
 
     def _add_training_states(self, rl_module, batch, episodes, shared_data) -> None:
-        if shared_data is None:
-            shared_data = {}
+        if self._batched_later and shared_data is None:  # a pipeline always passes a dict
+            raise ValueError("AddSynapticStatesToBatch(batched_later=True) needs shared_data")
         for ep in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
             module = single_module(rl_module, ep)
             if not module.is_stateful():
@@ -306,26 +306,29 @@ class BatchTrainingSynapticStates(ConnectorV2):
     row, written into a buffer reused from call to call.
 
     A fresh array of this size (43 MB for Pong's F with 64 envs) is faulted in page by page on
-    every update; a buffer is handed out again only once nothing refers to it (no tensor or
-    view of it is alive), so a batch someone still holds is never overwritten.
+    every update; the buffer is handed out again only once nothing refers to it (no tensor or
+    view of it is alive), so a batch someone still holds is never overwritten, and a batch with
+    fewer rows gets its first rows.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._buffers: list[np.ndarray] = []
+        self._buffer: np.ndarray | None = None
 
-    def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        for i in range(len(self._buffers)):  # not enumerate: its cached tuple holds a reference
-            buf = self._buffers[i]
-            # References: the list's, `buf`'s and getrefcount's argument; any more is a user.
-            if buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) <= 3:
-                return buf
-            if sys.getrefcount(buf) <= 3 and len(self._buffers) >= 2:
-                self._buffers[i] = buf = np.empty(shape, dtype)  # a size no longer in use
-                return buf
-        buf = np.empty(shape, dtype)
-        self._buffers.append(buf)
-        return buf
+    def _rows(self, n: int, row_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """n rows of the reused buffer, which is replaced when it is too small, of another row
+        shape or dtype, or still referenced (a view of it counts)."""
+        buf = self._buffer
+        # References when free: the attribute, `buf` and getrefcount's argument.
+        if (
+            buf is None
+            or len(buf) < n
+            or buf.shape[1:] != row_shape
+            or buf.dtype != dtype
+            or sys.getrefcount(buf) > 3
+        ):
+            self._buffer = buf = np.empty((n, *row_shape), dtype)
+        return buf[:n]
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         rows_per_module = (shared_data or {}).pop(_TRAINING_ROWS, None)
@@ -339,7 +342,7 @@ class BatchTrainingSynapticStates(ConnectorV2):
                 state_in = batch[module_id][Columns.STATE_IN]
             for key in rows[0]:
                 first = np.asarray(rows[0][key])
-                out = self._buffer((len(rows), *first.shape), first.dtype)
+                out = self._rows(len(rows), first.shape, first.dtype)
                 for i, row in enumerate(rows):
                     out[i] = row[key]
                 state_in[key] = out
