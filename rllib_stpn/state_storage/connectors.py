@@ -313,21 +313,21 @@ class BatchTrainingSynapticStates(ConnectorV2):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._buffer: np.ndarray | None = None
+        # The last two buffers made: the learner may still hold the previous batch while the
+        # next one is built, so two alternate in a steady run.
+        self._buffers: list[np.ndarray] = []
 
     def _rows(self, n: int, row_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """n rows of the reused buffer, which is replaced when it is too small, of another row
-        shape or dtype, or still referenced (a view of it counts)."""
-        buf = self._buffer
-        # References when free: the attribute, `buf` and getrefcount's argument.
-        if (
-            buf is None
-            or len(buf) < n
-            or buf.shape[1:] != row_shape
-            or buf.dtype != dtype
-            or sys.getrefcount(buf) > 3
-        ):
-            self._buffer = buf = np.empty((n, *row_shape), dtype)
+        """n rows of a free buffer with room for them (a new one if none: the older of the two
+        kept is then dropped, and whoever still holds it keeps it alive)."""
+        for i in range(len(self._buffers)):  # not enumerate: its cached tuple holds a reference
+            buf = self._buffers[i]
+            fits = len(buf) >= n and buf.shape[1:] == row_shape and buf.dtype == dtype
+            # References when free: the list's, `buf` and getrefcount's argument.
+            if fits and sys.getrefcount(buf) <= 3:
+                return buf[:n]
+        buf = np.empty((n, *row_shape), dtype)
+        self._buffers = [*self._buffers[-1:], buf]
         return buf[:n]
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
