@@ -115,9 +115,45 @@ def test_one_call_equals_steps_and_halves(core):
     # Samples are independent, and zero states are the default.
     o_one, _, _ = c(x[1:2], {k: torch.zeros(1, *s) for k, s in c.state_shapes().items()})
     torch.testing.assert_close(o_one, out[1:2])
-    # seq_lens is accepted (padding is computed over, its outputs ignored by the caller).
+    # seq_lens of all T is the plain call.
     o_len, _, _ = c(x, seq_lens=torch.full((B,), T))
     torch.testing.assert_close(o_len, out)
+
+
+@pytest.mark.parametrize("core", PLASTIC)
+def test_seq_lens_skip_padding_like_separate_rows(core):
+    # Each row of a padded batch gives what it gives alone over its own steps: outputs, power,
+    # state after its last step and gradients; zeros at and after its length.
+    c = make_core(core, seed=4, dtype=torch.float64)
+    B, T, lens = 4, 7, [5, 0, 2, 5]
+    x = torch.randn(B, T, 3, dtype=torch.float64, requires_grad=True)
+    state = random_state(c, B, torch.float64)
+    out, new, power = c(x, state, return_power=True, seq_lens=torch.tensor(lens))
+    assert out.shape == (B, T, 4) and power.shape == (B, T)
+    (out.sum() + power.sum() + sum(v.sum() for v in new.values())).backward()
+    grads = {n: p.grad.clone() for n, p in c.named_parameters()}
+    grad_x = x.grad.clone()
+    c.zero_grad()
+    x.grad = None
+    total = 0.0
+    for b, n in enumerate(lens):
+        row_state = {k: v[b : b + 1] for k, v in state.items()}
+        if n == 0:  # no step: the state stays, out and power are zero
+            for k in new:
+                torch.testing.assert_close(new[k][b : b + 1], row_state[k])
+            assert not out[b].any() and not power[b].any()
+            continue
+        o, s, p = c(x[b : b + 1, :n], row_state, return_power=True)
+        torch.testing.assert_close(out[b : b + 1, :n], o)
+        torch.testing.assert_close(power[b : b + 1, :n], p)
+        assert not out[b, n:].any() and not power[b, n:].any()
+        for k in new:
+            torch.testing.assert_close(new[k][b : b + 1], s[k])
+        total = total + o.sum() + p.sum() + sum(v.sum() for v in s.values())
+    total.backward()
+    torch.testing.assert_close(x.grad, grad_x)
+    for n, p in c.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
 
 
 @pytest.mark.parametrize("core", PLASTIC)

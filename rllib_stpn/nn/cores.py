@@ -4,7 +4,8 @@ Every core has one interface: `out, state, power = core(x, state, return_power=.
 seq_lens=...)` with x (B, T, I), state a dict of (B, ...) tensors (or None for zeros), out
 (B, T, H) and power the per-step synaptic power P_t (B, T) summed over the core's synapses
 (SPEC section 1), or None. `seq_lens` (B,) gives each row's valid steps; steps past it are
-zero padding whose outputs are ignored: the STPN cores skip them, the others compute over them.
+zero padding whose outputs are ignored: the STPN and plastic cores skip them, the torch RNNs
+compute over them.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class MemoryCore(nn.Module):
         seq_lens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """`seq_lens` (B,): valid steps per row of a zero-padded x; steps after them are ignored
-        by the caller, so a core may skip them (the STPN does) or compute over them."""
+        by the caller, so a core may skip them (the STPN and plastic cores do) or compute over
+        them."""
         raise NotImplementedError
 
 
@@ -271,7 +273,7 @@ class PlasticLayerCore(MemoryCore):
         B = x.shape[0]
         shapes = self.layer.state_shapes()
         layer_state = self.layer.state_type(*(state[k].reshape(B, *s) for k, s in shapes.items()))
-        result = self.layer(x, layer_state, return_power=return_power)
+        result = self.layer(x, layer_state, return_power=return_power, seq_lens=seq_lens)
         new = {k: v.reshape(B, -1) for k, v in zip(shapes, result[1])}
         return result[0], new, result[2] if return_power else None
 

@@ -6,6 +6,7 @@ x (B, T, I), out (B, T, H) and `state` a NamedTuple of per-sample tensors (None 
 section 1: the TOTAL sum_ij z_t[j]^2 |G_t[i, j]| over the efficacies G_t onto the layer's
 neurons that the step applies to its presynaptic vector z_t (slow + plastic part), biases
 excluded. Read-out units (a neuromodulator, PlasticRNN's out_fc) are not counted.
+`seq_lens=` (B,) marks zero-padded rows: the loop skips the padding, as the STPN layer does.
 
 - FastWeightsRNN: Ba et al. 2016 fast weights      } as the STPN authors ran them
 - ModPlastRNN: Miconi et al. 2019 (Backpropamine)   } (Scripts/STPLayers.py of

@@ -8,7 +8,10 @@ import math
 import torch
 from torch import nn
 
-from rllib_stpn.nn.functional import synaptic_power  # noqa: F401  (re-exported for the cores)
+from rllib_stpn.nn.functional import (
+    lengths_or_none,
+    synaptic_power,  # noqa: F401  (re-exported for the cores)
+)
 from rllib_stpn.nn.stpn import _check_size
 
 
@@ -33,8 +36,8 @@ class PlasticLayer(nn.Module):
     """Shared plumbing: sizes, zero states, input checks and the loop over time.
 
     A subclass sets `state_type` (a NamedTuple), `state_shapes()` (per-sample shapes in the
-    field order) and `_step`, which maps one time step x_t (B, I) and the state to the output
-    (B, H), the next state and, when asked, the power (B,).
+    field order) and `_step`, which maps one time step x_t (B, I), its slice of `_drive` and
+    the state to the output (B, H), the next state and, when asked, the power (B,).
     """
 
     state_type: type[tuple]
@@ -49,7 +52,7 @@ class PlasticLayer(nn.Module):
         raise NotImplementedError
 
     def _step(
-        self, x: torch.Tensor, state: tuple, return_power: bool
+        self, x: torch.Tensor, drive: torch.Tensor | None, state: tuple, return_power: bool
     ) -> tuple[torch.Tensor, tuple, torch.Tensor | None]:
         raise NotImplementedError
 
@@ -98,19 +101,69 @@ class PlasticLayer(nn.Module):
                 raise ValueError(f"state.{name} has shape {got}, expected {(B, *shape)}")
         return self.state_type(*state)
 
+    def _drive(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The slow, state-free part of every step's input drive, for all steps in one product
+        (B, T, ...), or None; `_step` gets its slice at t. Hoisting it out of the time loop
+        saves a matrix product and its backward per step."""
+        return None
+
     def forward(
-        self, x: torch.Tensor, state: tuple | None = None, return_power: bool = False
+        self,
+        x: torch.Tensor,
+        state: tuple | None = None,
+        return_power: bool = False,
+        seq_lens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple] | tuple[torch.Tensor, tuple, torch.Tensor]:
-        """x (B, T, I) -> out (B, T, H), next state, and with `return_power` the power (B, T)."""
+        """x (B, T, I) -> out (B, T, H), next state, and with `return_power` the power (B, T).
+
+        `seq_lens` (B,): valid steps per row of a zero-padded x. The loop stops after the
+        longest row; out and power are zero from a row's length on, and the state returned for
+        a row is the one after its own last step (as the STPN ops do).
+        """
         state = self._check_state(x, state)
+        B, T = x.shape[:2]
+        lens = lengths_or_none(seq_lens, B, T)
+        steps = T if lens is None else int(lens.max())
+        drive = self._drive(x[:, :steps])
+        final = state
+        # Rows ending before the last step keep their state from the step they end at.
+        ends = set() if lens is None else set(lens.tolist()) - {0}
         outs, powers = [], []
-        for t in range(x.shape[1]):
-            out, state, power = self._step(x[:, t], state, return_power)
+        for t in range(steps):
+            d = None if drive is None else drive[:, t]
+            out, state, power = self._step(x[:, t], d, state, return_power)
             outs.append(out)
             powers.append(power)
+            if t + 1 in ends:
+                rows = (lens == t + 1).to(x.device)
+                final = self.state_type(
+                    *(
+                        torch.where(rows.view(B, *[1] * (s.dim() - 1)), s, f)
+                        for s, f in zip(state, final)
+                    )
+                )
+        if lens is None:
+            final = state
+        out = self._padded(outs, lens, T, x, self.hidden_size)
         if return_power:
-            return torch.stack(outs, 1), state, torch.stack(powers, 1)
-        return torch.stack(outs, 1), state
+            return out, final, self._padded(powers, lens, T, x)
+        return out, final
+
+    @staticmethod
+    def _padded(
+        parts: list[torch.Tensor], lens: torch.Tensor | None, T: int, x: torch.Tensor, *size: int
+    ) -> torch.Tensor:
+        """Stack per-step (B, *size) parts on dim 1; zeros at and after each row's length."""
+        B = x.shape[0]
+        if not parts:  # every row has length 0
+            return x.new_zeros(B, T, *size)
+        y = torch.stack(parts, 1)
+        if lens is None:
+            return y
+        valid = torch.arange(len(parts), device=x.device) < lens.to(x.device).unsqueeze(1)
+        y = y * valid.view(B, len(parts), *[1] * (y.dim() - 2)).to(y.dtype)
+        pad = [0, 0] * (y.dim() - 2) + [0, T - len(parts)]
+        return torch.nn.functional.pad(y, pad)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"

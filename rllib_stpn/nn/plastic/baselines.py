@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rllib_stpn.nn.plastic.base import PlasticLayer, bmv, check_number, outer, synaptic_power
+from rllib_stpn.nn.plastic.base import PlasticLayer, check_number, synaptic_power
 
 
 class FastWeightsState(NamedTuple):
@@ -76,12 +76,18 @@ class FastWeightsRNN(PlasticLayer):
     def _ln(self, a: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(a, (self.hidden_size,), self.ln_weight, self.ln_bias, self.ln_eps)
 
-    def _step(self, x, state, return_power):
+    def _drive(self, x):
+        return F.linear(x, self.weight_ih, self.bias)  # W_x x_t + b for every t
+
+    def _step(self, x, drive, state, return_power):
         h_prev, A = state
-        A = self.decay * A + self.fast_lr * outer(h_prev, h_prev)
-        s = F.linear(x, self.weight_ih, self.bias) + F.linear(h_prev, self.weight_hh)
+        # A λ + η h hᵀ and s + A h0 as single batched products (fewer ops in the time loop).
+        A = torch.baddbmm(
+            A, h_prev.unsqueeze(2), h_prev.unsqueeze(1), beta=self.decay, alpha=self.fast_lr
+        )
+        s = torch.addmm(drive, h_prev, self.weight_hh.t())
         h0 = torch.tanh(self._ln(s))
-        h = torch.tanh(self._ln(s + bmv(A, h0)))
+        h = torch.tanh(self._ln(torch.baddbmm(s.unsqueeze(2), A, h0.unsqueeze(2)).squeeze(2)))
         power = None
         if return_power:
             power = (
@@ -144,14 +150,21 @@ class ModPlastRNN(PlasticLayer):
         H = self.hidden_size
         return {"h": (H,), "Hebb": (H, H)}
 
-    def _step(self, x, state, return_power):
+    def _drive(self, x):
+        return F.linear(x, self.weight_ih, self.bias)  # W_in x_t + b for every t
+
+    def _step(self, x, drive, state, return_power):
         h_prev, hebb = state
-        G_rec = self.weight_hh + self.alpha * hebb
-        h = torch.tanh(F.linear(x, self.weight_ih, self.bias) + bmv(G_rec, h_prev))
+        # (W + α ⊙ Hebb) h = W h + (α ⊙ Hebb) h: the shared W as one product for the batch.
+        plastic = self.alpha * hebb
+        pre = torch.addmm(drive, h_prev, self.weight_hh.t()).unsqueeze(2)
+        h = torch.tanh(torch.baddbmm(pre, plastic, h_prev.unsqueeze(2)).squeeze(2))
         M = torch.tanh(h @ self.mod_weight + self.mod_bias)
-        new_hebb = torch.clamp(hebb + M[:, None, None] * outer(h, h_prev), -1.0, 1.0)
+        new_hebb = torch.baddbmm(hebb, (M.unsqueeze(1) * h).unsqueeze(2), h_prev.unsqueeze(1))
+        new_hebb = torch.clamp(new_hebb, -1.0, 1.0)
         power = None
         if return_power:
+            G_rec = self.weight_hh + plastic
             power = synaptic_power(x, self.weight_ih) + synaptic_power(h_prev, G_rec)
         return h, ModPlastState(h, new_hebb), power
 
@@ -205,10 +218,13 @@ class HebbFF(PlasticLayer):
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"A": (self.hidden_size, self.input_size)}
 
-    def _step(self, x, state, return_power):
+    def _drive(self, x):
+        return F.linear(x, self.weight, self.bias)  # W x_t + b for every t
+
+    def _step(self, x, drive, state, return_power):
         (A,) = state
-        G = self.weight + A
-        h = torch.sigmoid(bmv(G, x) + self.bias)
-        new_A = self.retention * A + self.eta * outer(h, x)
-        power = synaptic_power(x, G) if return_power else None
+        h = torch.sigmoid(torch.baddbmm(drive.unsqueeze(2), A, x.unsqueeze(2)).squeeze(2))
+        # λ A + η h xᵀ, with η folded into h: one batched product.
+        new_A = torch.baddbmm(self.retention * A, (self.eta * h).unsqueeze(2), x.unsqueeze(1))
+        power = synaptic_power(x, self.weight + A) if return_power else None
         return h, HebbFFState(new_A), power

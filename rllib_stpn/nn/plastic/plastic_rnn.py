@@ -137,7 +137,7 @@ class PlasticRNN(PlasticLayer):
             eff.setdefault(name, getattr(self, name))
         return eff
 
-    def _step(self, x, state, return_power):
+    def _step(self, x, drive, state, return_power):
         h_prev, P = state
         H, e = self.hidden_size, self._effective(P)
         u_pre = bmv(e["in_weight"], x) + e["in_bias"]
