@@ -109,6 +109,8 @@ def plot_curves(out: Path, by_env: dict[str, dict[str, list[dict]]]) -> dict[str
 
 def write_report(out: Path, page: Path | None = None) -> Path:
     """Write the page (default: `<out>.md`, i.e. docs/popgym.md) and the curve PNGs."""
+    from benchmarks.popgym_suite import DEFAULT_SEEDS, SUITE_ENVS
+
     out = Path(out)
     page = page or out.with_suffix(".md")
     runs = load_runs(out)
@@ -120,11 +122,12 @@ def write_report(out: Path, page: Path | None = None) -> Path:
     seeds = sorted({r["seed"] for r in runs})
     budgets = sorted({r["settings"]["budget"] for r in runs})
     steps = sorted({r["settings"]["env_steps"] for r in runs})
-    full = budgets == [1.0] and len(seeds) >= 3 and len(envs) >= 6 and len(cores) >= 11
+    missing = _missing(runs) if budgets == [1.0] else None
+
     curves = plot_curves(out, by_env)
     rel = out.relative_to(page.parent) if out.is_relative_to(page.parent) else out
     L: list[str] = ["# POPGym: every memory core on RLlib's new API stack", ""]
-    if not full:
+    if missing is None:
         L += [
             "> **PILOT, not the benchmark.** These numbers come from a tiny run that proves the "
             f"pipeline end to end ({len(envs)} env(s) x {len(cores)} core(s) x {len(seeds)} "
@@ -136,6 +139,18 @@ def write_report(out: Path, page: Path | None = None) -> Path:
             ">",
             "> and this page is then rewritten from its JSON. Its run time on this machine: see "
             "the throughput sections below (`--budget`, `--cores` and `--jobs` trade it off).",
+            "",
+        ]
+    elif missing:
+        short = sorted({c for _, c, _ in missing}, key=_core_order)
+        L += [
+            f"> **IN PROGRESS: {len(runs)} of {len(runs) + len(missing)} runs of the full "
+            "suite.** Every number below is measured, but the runs of "
+            f"{', '.join(short)} are not all done: a cell marked (n seed) has fewer than "
+            f"{DEFAULT_SEEDS} seeds and a row without all six envs has no MMER. The same "
+            "command resumes the suite (finished runs are skipped) and rewrites this page:",
+            ">",
+            f">     {COMMAND}",
             "",
         ]
     L += _protocol(steps)
@@ -158,9 +173,13 @@ def write_report(out: Path, page: Path | None = None) -> Path:
                 if r["max_mean_return"] is not None
             ]
             ms = _mean_std(vals)
-            cells.append(_fmt(ms, len(vals)))
+            few = f" ({len(vals)} seed)" if 0 < len(vals) < len(seeds) else ""
+            cells.append(_fmt(ms, len(vals)) + few)
             per_env.append(ms[0] if ms else None)
-        mmer = statistics.fmean(per_env) if per_env and None not in per_env else None
+        # In a suite under way a row needs a run in every env of the suite; a pilot, in those
+        # it ran.
+        complete = missing is None or all(by_env.get(e, {}).get(core) for e in SUITE_ENVS)
+        mmer = statistics.fmean(per_env) if complete and None not in per_env else None
         h = "/".join(str(s) for s in sorted(sizes))
         mm = "–" if mmer is None else f"**{mmer:.3f}**"
         L.append(f"| {core} | {h} | " + " | ".join(cells) + f" | {mm} |")
@@ -182,7 +201,12 @@ def write_report(out: Path, page: Path | None = None) -> Path:
             params = rs[0]["settings"]["core_and_head_params"]
             L.append(f"| {e} | {core} | {params:,} | {_fmt(final, len(rs))} | {wall:.0f} |")
     total = sum(r["wall_s"] for r in runs)
-    L += ["", f"Sum of the run wall times: {total:,.0f} s over {len(runs)} run(s).", ""]
+    L += [
+        "",
+        f"Sum of the run wall times: {total:,.0f} s over {len(runs)} run(s), "
+        f"{total / 2 / 3600:.1f} h of wall-clock time at 2 runs at a time (`--jobs 2`).",
+        "",
+    ]
     if runs:
         L += _throughput(runs, "## Throughput of these runs")
     extra = load_runs(out / "throughput")
@@ -209,6 +233,20 @@ def write_report(out: Path, page: Path | None = None) -> Path:
     L += [""] + _published()
     page.write_text("\n".join(L) + "\n")
     return page
+
+
+def _missing(runs: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """(env, core, seed) of the full suite that has no budget-1 run here yet."""
+    from benchmarks.popgym_suite import DEFAULT_SEEDS, SUITE_CORES, SUITE_ENVS
+
+    have = {(r["settings"]["task"], r["settings"]["core"], r["seed"]) for r in runs}
+    return [
+        (e, c, k)
+        for e in SUITE_ENVS
+        for c in SUITE_CORES
+        for k in range(DEFAULT_SEEDS)
+        if (e, c, k) not in have
+    ]
 
 
 def _throughput(runs: list[dict[str, Any]], title: str) -> list[str]:

@@ -64,3 +64,41 @@ def test_tiny_suite_writes_json_and_page_and_resumes(ray_session, tmp_path, monk
     capsys.readouterr()
     assert popgym_suite.main(argv) == 0
     assert capsys.readouterr().out.count("done already") == 2
+
+
+def _fake_run(out, task: str, core: str, seed: int, best: float) -> None:
+    """A full-budget run's JSON as the suite writes it, without training."""
+    settings = {"task": task, "core": core, "budget": 1.0, "env_steps": 150_000}
+    settings |= {"hidden_size": 64, "core_and_head_params": 25_000}
+    run = {
+        "seed": seed,
+        "settings": settings,
+        "curve": {"env_steps": [75_000, 150_000], "return_mean": [best - 0.1, best]},
+        "final_return": best,
+        "max_mean_return": best,
+        "wall_s": 100.0,
+    }
+    path = popgym_suite.run_path(out, task, core, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run))
+
+
+def test_page_of_a_suite_under_way_marks_what_is_missing(tmp_path):
+    # gru: every env, 3 seeds; stpn: every env, seed 0 only; lstm: one env. 6*3 + 6 + 1 runs.
+    out = tmp_path / "popgym"
+    for task in popgym_suite.SUITE_ENVS:
+        for seed in range(3):
+            _fake_run(out, task, "gru", seed, 0.0)
+        _fake_run(out, task, "stpn", 0, 0.5)
+    _fake_run(out, "RepeatFirstEasy", "lstm", 0, 1.0)
+    page = popgym_report.write_report(out).read_text()
+    total = len(popgym_suite.SUITE_ENVS) * len(popgym_suite.SUITE_CORES) * 3
+    assert f"IN PROGRESS: 25 of {total} runs of the full suite." in page
+    assert "PILOT" not in page
+    table = page.split("## Normalised max-mean return per env, and MMER")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines() if line.startswith("| ")}
+    # A return of 0 is 0.5 in the [-1, 1] ranges and 0 in the cartpole's [0, 1].
+    mmer = sum(popgym_report.normalise(t, 0.0) for t in popgym_suite.SUITE_ENVS) / 6
+    assert "(1 seed)" not in rows["gru"] and rows["gru"].endswith(f"| **{mmer:.3f}** |")
+    assert rows["stpn"].count("(1 seed)") == 6 and "| – |" not in rows["stpn"]
+    assert rows["lstm"].endswith("| – |") and "1.000 (1 seed)" in rows["lstm"]
