@@ -20,6 +20,18 @@ def bmv(G: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.bmm(G, z.unsqueeze(-1)).squeeze(-1)
 
 
+def plus_bmv(shared: torch.Tensor, G: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """shared + G z per sample, (B, H) + (B, H, D) x (B, D), as one batched product."""
+    return torch.baddbmm(shared.unsqueeze(-1), G, z.unsqueeze(-1)).squeeze(-1)
+
+
+def plus_outer(
+    base: torch.Tensor, post: torch.Tensor, pre: torch.Tensor, beta: float = 1.0, alpha: float = 1.0
+) -> torch.Tensor:
+    """beta base + alpha post ⊗ pre per sample, (B, H, D), as one batched product."""
+    return torch.baddbmm(base, post.unsqueeze(-1), pre.unsqueeze(-2), beta=beta, alpha=alpha)
+
+
 def outer(post: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """Per-sample post ⊗ pre: (B, H), (B, D) -> (B, H, D)."""
     return post.unsqueeze(-1) * pre.unsqueeze(-2)

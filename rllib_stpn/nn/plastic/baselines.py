@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rllib_stpn.nn.plastic.base import PlasticLayer, check_number, synaptic_power
+from rllib_stpn.nn.plastic.base import (
+    PlasticLayer,
+    check_number,
+    plus_bmv,
+    plus_outer,
+    synaptic_power,
+)
 
 
 class FastWeightsState(NamedTuple):
@@ -81,13 +87,11 @@ class FastWeightsRNN(PlasticLayer):
 
     def _step(self, x, drive, state, return_power):
         h_prev, A = state
-        # A λ + η h hᵀ and s + A h0 as single batched products (fewer ops in the time loop).
-        A = torch.baddbmm(
-            A, h_prev.unsqueeze(2), h_prev.unsqueeze(1), beta=self.decay, alpha=self.fast_lr
-        )
+        # λ A + η h hᵀ and s + A h0 as single batched products (fewer ops in the time loop).
+        A = plus_outer(A, h_prev, h_prev, beta=self.decay, alpha=self.fast_lr)
         s = torch.addmm(drive, h_prev, self.weight_hh.t())
         h0 = torch.tanh(self._ln(s))
-        h = torch.tanh(self._ln(torch.baddbmm(s.unsqueeze(2), A, h0.unsqueeze(2)).squeeze(2)))
+        h = torch.tanh(self._ln(plus_bmv(s, A, h0)))
         power = None
         if return_power:
             power = (
@@ -157,10 +161,10 @@ class ModPlastRNN(PlasticLayer):
         h_prev, hebb = state
         # (W + α ⊙ Hebb) h = W h + (α ⊙ Hebb) h: the shared W as one product for the batch.
         plastic = self.alpha * hebb
-        pre = torch.addmm(drive, h_prev, self.weight_hh.t()).unsqueeze(2)
-        h = torch.tanh(torch.baddbmm(pre, plastic, h_prev.unsqueeze(2)).squeeze(2))
+        pre = torch.addmm(drive, h_prev, self.weight_hh.t())
+        h = torch.tanh(plus_bmv(pre, plastic, h_prev))
         M = torch.tanh(h @ self.mod_weight + self.mod_bias)
-        new_hebb = torch.baddbmm(hebb, (M.unsqueeze(1) * h).unsqueeze(2), h_prev.unsqueeze(1))
+        new_hebb = plus_outer(hebb, M.unsqueeze(1) * h, h_prev)
         new_hebb = torch.clamp(new_hebb, -1.0, 1.0)
         power = None
         if return_power:
@@ -223,8 +227,8 @@ class HebbFF(PlasticLayer):
 
     def _step(self, x, drive, state, return_power):
         (A,) = state
-        h = torch.sigmoid(torch.baddbmm(drive.unsqueeze(2), A, x.unsqueeze(2)).squeeze(2))
+        h = torch.sigmoid(plus_bmv(drive, A, x))
         # λ A + η h xᵀ, with η folded into h: one batched product.
-        new_A = torch.baddbmm(self.retention * A, (self.eta * h).unsqueeze(2), x.unsqueeze(1))
+        new_A = plus_outer(self.retention * A, self.eta * h, x)
         power = synaptic_power(x, self.weight + A) if return_power else None
         return h, HebbFFState(new_A), power

@@ -14,7 +14,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from rllib_stpn.nn.plastic.base import PlasticLayer, bmv, check_number, outer, synaptic_power
+from rllib_stpn.nn.plastic.base import (
+    PlasticLayer,
+    bmv,
+    check_number,
+    outer,
+    plus_bmv,
+    synaptic_power,
+)
 
 PLASTIC_RULES = ("hebbian", "gradient")
 
@@ -140,12 +147,12 @@ class PlasticRNN(PlasticLayer):
     def _step(self, x, drive, state, return_power):
         h_prev, P = state
         H, e = self.hidden_size, self._effective(P)
-        u_pre = bmv(e["in_weight"], x) + e["in_bias"]
+        u_pre = plus_bmv(e["in_bias"], e["in_weight"], x)
         u = torch.relu(u_pre)
         zc = torch.cat([u, h_prev], dim=-1)
-        h_pre = bmv(e["rec_weight"], zc) + e["rec_bias"].sum(-2)
+        h_pre = plus_bmv(e["rec_bias"].sum(-2), e["rec_weight"], zc)
         h = torch.relu(h_pre)
-        y = bmv(e["out_weight"], h) + e["out_bias"]
+        y = plus_bmv(e["out_bias"], e["out_weight"], h)
         if self.rule == "hebbian":
             delta = {
                 "in_weight": outer(u, x),
