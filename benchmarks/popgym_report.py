@@ -104,6 +104,8 @@ def plot_curves(out: Path, by_env: dict[str, dict[str, list[dict]]]) -> dict[str
         fig.savefig(out / name, dpi=90)
         plt.close(fig)
         files[task] = name
+    for stale in set(out.glob("curves_*.png")) - {out / f for f in files.values()}:
+        stale.unlink()  # an env no longer among the runs
     return files
 
 

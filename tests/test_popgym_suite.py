@@ -91,7 +91,11 @@ def test_page_of_a_suite_under_way_marks_what_is_missing(tmp_path):
             _fake_run(out, task, "gru", seed, 0.0)
         _fake_run(out, task, "stpn", 0, 0.5)
     _fake_run(out, "RepeatFirstEasy", "lstm", 0, 1.0)
+    (out / "curves_MineSweeperEasy.png").write_bytes(b"")  # from an earlier run's env set
     page = popgym_report.write_report(out).read_text()
+    pytest.importorskip("matplotlib")
+    curves = sorted(p.name for p in out.glob("curves_*.png"))
+    assert curves == sorted(f"curves_{t}.png" for t in popgym_suite.SUITE_ENVS)
     total = len(popgym_suite.SUITE_ENVS) * len(popgym_suite.SUITE_CORES) * 3
     assert f"IN PROGRESS: 25 of {total} runs of the full suite." in page
     assert "PILOT" not in page
