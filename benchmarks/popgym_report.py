@@ -332,7 +332,8 @@ def _protocol(steps: list[int]) -> list[str]:
         f"{p['max_seq_len']} steps. Mean episodic return per iteration: RLlib's running mean "
         f"over the last {p['smoothing_episodes']} episodes.",
         f"- **Budget**: {', '.join(f'{s:,}' for s in steps)} env steps a run "
-        "(`--budget` scales it). POPGym's baseline script trains every run for 15M env steps "
+        "(`--budget` scales it; `--address auto` runs the suite on a Ray cluster, one "
+        "1-CPU task a run). POPGym's baseline script trains every run for 15M env steps "
         "(the `POPGYM_STEPS` default in popgym/baselines/ppo.py), 100x the full suite's "
         "150,000: our numbers are early-training numbers and are not expected to reach theirs.",
         "- **Normalisation and MMER**: a run's max-mean episodic return (the highest mean "

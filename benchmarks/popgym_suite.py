@@ -1,7 +1,7 @@
 """PPO on a CPU-sized POPGym suite, every memory core at equal parameter counts.
 
     python -m benchmarks.popgym_suite [--budget X] [--envs A,B] [--cores c,d] [--seeds N]
-                                      [--jobs N] [--out DIR] [--report-only]
+                                      [--jobs N] [--address ADDR] [--out DIR] [--report-only]
 
 Needs the `[popgym]` extra (and `[plot]` for the curves). Each run (env, core, seed) trains
 PPO for `--budget` x 150,000 env steps and writes `<out>/runs/<env>/<core>/seed<k>.json`: its
@@ -11,7 +11,10 @@ the same settings, is skipped, so an interrupted suite resumes. Then `benchmarks
 writes `<out>.md` (docs/popgym.md for the default --out docs/popgym) from every JSON there.
 
 Runs go to `--jobs` spawned worker processes (default 2, this machine's cores), one torch
-thread and one local Ray instance each; `--budget` scales every run for bigger machines.
+thread and one local Ray instance each; `--budget` scales every run for bigger machines. With
+`--address` (e.g. `auto` after `ray start`) every run is a 1-CPU Ray task on that cluster, at
+most `--jobs` at a time if given: benchmarks/ is shipped to the workers, rllib-stpn[popgym]
+must be installed on every node, and the JSON is written on this (the driver's) machine.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -97,7 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--envs", help="comma-separated POPGym tasks (default: the six of the suite)")
     p.add_argument("--cores", help="comma-separated cores (default: every core)")
     p.add_argument("--seeds", default=str(DEFAULT_SEEDS), help="seeds 0..N-1 (default 3)")
-    p.add_argument("--jobs", default="2", help="runs in parallel worker processes (default 2)")
+    p.add_argument(
+        "--jobs", help="runs at a time (default 2 worker processes; on a cluster, its CPUs)"
+    )
+    p.add_argument(
+        "--address",
+        help="run on this Ray cluster ('auto': the one `ray start` began here), a task a run",
+    )
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results directory")
     p.add_argument("--report-only", action="store_true", help="write the page from the JSON")
     args = p.parse_args(argv)
@@ -112,8 +122,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 < budget < float("inf"):
         raise UsageError(f"--budget must be a positive number, got {args.budget!r}")
     args.budget = budget
+    if args.address is not None and not args.address.strip():
+        raise UsageError("--address must name a Ray cluster (e.g. auto or host:port), got ''")
+    if args.jobs is None:
+        args.jobs = None if args.address else "2"
     for flag in ("seeds", "jobs"):
         value = getattr(args, flag)
+        if value is None:
+            continue
         if not value.isdigit() or int(value) < 1:
             raise UsageError(f"--{flag} must be a positive integer, got {value!r}")
         setattr(args, flag, int(value))
@@ -255,24 +271,96 @@ def train(settings: dict[str, Any], seed: int) -> dict[str, Any]:
     }
 
 
-def run_one(out: str, task: str, core: str, seed: int, budget: float) -> str:
-    """Train one (env, core, seed) unless its JSON holds these settings; returns a status line."""
+def _todo(out: str, task: str, core: str, seed: int, budget: float):
+    """(JSON path, settings) of a run; settings None when its JSON holds them already."""
     path = run_path(Path(out), task, core, seed)
-    label = f"{task} {core} seed {seed}"
-    try:
-        settings = settings_for(task, core, budget)
-        if path.exists() and json.loads(path.read_text()).get("settings") == settings:
-            return f"{label}: done already ({path})"
-        print(f"{label}: H={settings['hidden_size']}, {settings['env_steps']:,} steps ...")
-        result = train(settings, seed)
-    except Exception as err:  # one failed run must not stop the suite
-        traceback.print_exc()
-        return f"{label}: FAILED {type(err).__name__}: {err}"
+    settings = settings_for(task, core, budget)
+    if path.exists() and json.loads(path.read_text()).get("settings") == settings:
+        settings = None
+    return path, settings
+
+
+def _start_line(label: str, settings: dict[str, Any]) -> str:
+    return f"{label}: H={settings['hidden_size']}, {settings['env_steps']:,} steps ..."
+
+
+def _save(label: str, path: Path, result: dict[str, Any]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     final = result["final_return"]
     final_s = "n/a" if final is None else f"{final:.3f}"
     return f"{label}: final return {final_s}, {result['wall_s']:.0f} s -> {path}"
+
+
+def _failed(label: str, err: BaseException) -> str:
+    lines = str(err).strip().splitlines() or [""]
+    return f"{label}: FAILED {type(err).__name__}: {lines[-1]}"
+
+
+def run_one(out: str, task: str, core: str, seed: int, budget: float) -> str:
+    """Train one (env, core, seed) unless its JSON holds these settings; returns a status line."""
+    label = f"{task} {core} seed {seed}"
+    try:
+        path, settings = _todo(out, task, core, seed, budget)
+        if settings is None:
+            return f"{label}: done already ({path})"
+        print(_start_line(label, settings), flush=True)
+        result = train(settings, seed)
+    except Exception as err:  # one failed run must not stop the suite
+        traceback.print_exc()
+        return _failed(label, err)
+    return _save(label, path, result)
+
+
+def run_on_ray(calls: list[tuple], jobs: int | None) -> Iterator[str]:
+    """Every run as a Ray task (1 CPU) on the connected cluster, at most `jobs` at a time (None:
+    as many as its CPUs take); each JSON is written here, on the driver. Yields status lines."""
+    import ray
+
+    # By module name, not __main__: the workers import it (shipped as a py_module).
+    from benchmarks.popgym_suite import train as train_here
+
+    remote_train = ray.remote(num_cpus=1, max_retries=0)(train_here)
+    queue, running = [], {}
+    for out, task, core, seed, budget in calls:
+        label = f"{task} {core} seed {seed}"
+        try:
+            path, settings = _todo(out, task, core, seed, budget)
+        except Exception as err:
+            yield _failed(label, err)
+            continue
+        if settings is None:
+            yield f"{label}: done already ({path})"
+        else:
+            queue.append((label, path, settings, seed))
+    while queue or running:
+        while queue and (jobs is None or len(running) < jobs):
+            label, path, settings, seed = queue.pop(0)
+            running[remote_train.remote(settings, seed)] = (label, path)
+            print(_start_line(label, settings), flush=True)
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        label, path = running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except Exception as err:  # one failed run must not stop the suite
+            yield _failed(label, err)
+            continue
+        yield _save(label, path, result)
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at `address`, shipping benchmarks/ to its workers."""
+    import ray
+
+    try:
+        ray.init(
+            address=address,
+            runtime_env={"py_modules": [str(ROOT / "benchmarks")]},
+            log_to_driver=False,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UsageError(f"--address {address!r}: no Ray cluster to join ({first})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,9 +378,23 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         jobs = [(t, c, s) for t in args.envs for c in args.cores for s in range(args.seeds)]
         start = time.perf_counter()
-        print(f"{len(jobs)} runs, {args.jobs} at a time, results under {args.out}", flush=True)
+        at_once = args.jobs or "as many as the cluster's CPUs take"
+        print(f"{len(jobs)} runs, {at_once} at a time, results under {args.out}", flush=True)
         call = [(str(args.out), t, c, s, args.budget) for t, c, s in jobs]
-        if args.jobs == 1:
+        if args.address:
+            import ray
+
+            try:
+                connect(args.address)
+            except UsageError as err:
+                print(f"popgym_suite: error: {err}", file=sys.stderr)
+                return 2
+            try:
+                for line in run_on_ray(call, args.jobs):
+                    print(line, flush=True)
+            finally:
+                ray.shutdown()
+        elif args.jobs == 1:
             for line in (run_one(*a) for a in call):
                 print(line, flush=True)
         else:

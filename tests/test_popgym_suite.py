@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ def test_bad_arguments_are_one_line(capsys):
         (["--cores", "gru,transformer"], "--cores got ['transformer']; allowed:"),
         (["--budget", "0"], "--budget must be a positive number, got '0'"),
         (["--seeds", "x"], "--seeds must be a positive integer, got 'x'"),
+        (["--address", " "], "--address must name a Ray cluster"),
     ]
     for argv, message in cases:
         assert popgym_suite.main(argv) == 2
@@ -64,6 +69,56 @@ def test_tiny_suite_writes_json_and_page_and_resumes(ray_session, tmp_path, monk
     capsys.readouterr()
     assert popgym_suite.main(argv) == 0
     assert capsys.readouterr().out.count("done already") == 2
+
+
+def test_runs_as_ray_tasks_on_a_cluster(tmp_path):
+    # `--address local`: a fresh Ray cluster for a process of its own; without --jobs every run
+    # is a 1-CPU task at once, benchmarks/ shipped to the workers, the JSON written here.
+    out = tmp_path / "popgym"
+    argv = ["--address", "local", "--envs", "RepeatPreviousEasy", "--cores", "mlp"]
+    argv += ["--seeds", "2", "--budget", str(2000 / 150_000), "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.popgym_suite", *argv],
+        cwd=Path(popgym_suite.__file__).parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 runs, as many as the cluster's CPUs take at a time" in proc.stdout
+    assert proc.stdout.count(": final return ") == 2
+    for seed in (0, 1):
+        run = json.loads(popgym_suite.run_path(out, "RepeatPreviousEasy", "mlp", seed).read_text())
+        assert run["seed"] == seed and run["curve"]["env_steps"] == [2000]
+        assert -1.0 <= run["max_mean_return"] <= 1.0
+    assert (tmp_path / "popgym.md").exists()
+
+
+def test_a_failed_ray_task_is_reported_and_the_others_go_on(ray_session, tmp_path, monkeypatch):
+    good = popgym_suite.settings_for
+
+    def settings(task, core, budget):  # the second run fails inside its Ray task
+        return (
+            dict(good(task, core, budget), core="nope")
+            if core == "rnn"
+            else good(task, "mlp", 0.001)
+        )
+
+    monkeypatch.setattr(popgym_suite, "settings_for", settings)
+    monkeypatch.setitem(popgym_suite.PPO, "train_batch", 100)
+    monkeypatch.setitem(popgym_suite.PPO, "minibatch", 50)
+    monkeypatch.setitem(popgym_suite.PPO, "num_epochs", 1)
+    calls = [(str(tmp_path), "RepeatPreviousEasy", c, 0, 1.0) for c in ("mlp", "rnn")]
+    calls.append((str(tmp_path), "NoSuchTask", "mlp", 0, 1.0))  # fails here, on the driver
+    lines = sorted(popgym_suite.run_on_ray(calls, jobs=2))
+    assert len(lines) == 3
+    assert lines[0].startswith("NoSuchTask mlp seed 0: FAILED ")
+    assert lines[1].startswith("RepeatPreviousEasy mlp seed 0: final return ")
+    assert lines[2].startswith("RepeatPreviousEasy rnn seed 0: FAILED ") and "nope" in lines[2]
+    assert popgym_suite.run_path(tmp_path, "RepeatPreviousEasy", "mlp", 0).exists()
+    assert not popgym_suite.run_path(tmp_path, "RepeatPreviousEasy", "rnn", 0).exists()
 
 
 def _fake_run(out, task: str, core: str, seed: int, best: float) -> None:
