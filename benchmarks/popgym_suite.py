@@ -23,6 +23,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import time
 import traceback
@@ -348,10 +349,22 @@ def run_on_ray(calls: list[tuple], jobs: int | None) -> Iterator[str]:
         yield _save(label, path, result)
 
 
+def _check_listening(address: str) -> None:
+    """A host:port where nothing listens is an error now: Ray would retry it for minutes."""
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # auto, local: Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as err:
+        raise UsageError(f"--address {address!r}: nothing answers there ({err})") from None
+
+
 def connect(address: str) -> None:
     """Join the Ray cluster at `address`, shipping benchmarks/ to its workers."""
     import ray
 
+    _check_listening(address)
     try:
         ray.init(
             address=address,
@@ -360,6 +373,8 @@ def connect(address: str) -> None:
         )
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = (str(err).strip().splitlines() or [""])[0]
+        if "RAY_AUTH_MODE" not in os.environ:  # Ray 2.60 sends no token to a host:port by itself
+            first += "; if the cluster uses token authentication, set RAY_AUTH_MODE=token"
         raise UsageError(f"--address {address!r}: no Ray cluster to join ({first})") from None
 
 

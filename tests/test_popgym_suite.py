@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,17 @@ def test_bad_arguments_are_one_line(capsys):
         err = capsys.readouterr().err
         assert err.startswith("popgym_suite: error: ") and message in err
         assert err.count("\n") == 1
+
+
+def test_an_address_where_nothing_listens_is_one_line(capsys):
+    with socket.socket() as sock:  # a port that was free a moment ago
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["--address", f"127.0.0.1:{port}", "--envs", "RepeatPreviousEasy", "--cores", "mlp"]
+    assert popgym_suite.main(argv + ["--out", "/nonexistent/popgym"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"popgym_suite: error: --address '127.0.0.1:{port}': nothing answers")
+    assert err.count("\n") == 1
 
 
 def test_normalisation_uses_each_families_return_range():
