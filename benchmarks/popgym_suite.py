@@ -276,8 +276,13 @@ def _todo(out: str, task: str, core: str, seed: int, budget: float):
     """(JSON path, settings) of a run; settings None when its JSON holds them already."""
     path = run_path(Path(out), task, core, seed)
     settings = settings_for(task, core, budget)
-    if path.exists() and json.loads(path.read_text()).get("settings") == settings:
-        settings = None
+    if path.exists():
+        try:
+            done = json.loads(path.read_text()).get("settings") == settings
+        except (ValueError, AttributeError) as err:  # kept: move it away to rerun the run
+            raise ValueError(f"{path} is not a run's JSON ({err}); move it away to rerun") from None
+        if done:
+            settings = None
     return path, settings
 
 
@@ -287,7 +292,9 @@ def _start_line(label: str, settings: dict[str, Any]) -> str:
 
 def _save(label: str, path: Path, result: dict[str, Any]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    part = path.with_name(path.name + ".part")  # a stopped suite leaves no half-written JSON
+    part.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(part, path)
     final = result["final_return"]
     final_s = "n/a" if final is None else f"{final:.3f}"
     return f"{label}: final return {final_s}, {result['wall_s']:.0f} s -> {path}"

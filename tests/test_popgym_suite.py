@@ -42,6 +42,16 @@ def test_an_address_where_nothing_listens_is_one_line(capsys):
     assert err.count("\n") == 1
 
 
+def test_an_unreadable_run_json_is_kept_and_named(tmp_path):
+    path = popgym_suite.run_path(tmp_path, "RepeatPreviousEasy", "mlp", 0)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"seed": 0, "sett')  # e.g. cut short by a full disk
+    line = popgym_suite.run_one(str(tmp_path), "RepeatPreviousEasy", "mlp", 0, 1.0)
+    assert line.startswith("RepeatPreviousEasy mlp seed 0: FAILED ValueError: ")
+    assert f"{path} is not a run's JSON" in line and "move it away to rerun" in line
+    assert path.read_text() == '{"seed": 0, "sett'
+
+
 def test_normalisation_uses_each_families_return_range():
     assert popgym_report.normalise("RepeatPreviousEasy", -1.0) == 0.0
     assert popgym_report.normalise("CountRecallHard", 0.0) == 0.5
