@@ -273,17 +273,23 @@ def train(settings: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def _todo(out: str, task: str, core: str, seed: int, budget: float):
-    """(JSON path, settings) of a run; settings None when its JSON holds them already."""
-    path = run_path(Path(out), task, core, seed)
-    settings = settings_for(task, core, budget)
-    if path.exists():
-        try:
-            done = json.loads(path.read_text()).get("settings") == settings
-        except (ValueError, AttributeError) as err:  # kept: move it away to rerun the run
-            raise ValueError(f"{path} is not a run's JSON ({err}); move it away to rerun") from None
-        if done:
-            settings = None
-    return path, settings
+    """(label, JSON path, settings, status line) of a run; the status line (and no settings)
+    when there is nothing to run: its JSON holds these settings already, or a step failed."""
+    label = f"{task} {core} seed {seed}"
+    try:
+        path = run_path(Path(out), task, core, seed)
+        settings = settings_for(task, core, budget)
+        if path.exists():
+            try:
+                done = json.loads(path.read_text()).get("settings") == settings
+            except (ValueError, AttributeError) as err:  # kept: move it away to rerun the run
+                msg = f"{path} is not a run's JSON ({err}); move it away to rerun"
+                raise ValueError(msg) from None
+            if done:
+                return label, path, None, f"{label}: done already ({path})"
+    except Exception as err:  # one failed run must not stop the suite
+        return label, None, None, _failed(label, err)
+    return label, path, settings, None
 
 
 def _start_line(label: str, settings: dict[str, Any]) -> str:
@@ -307,12 +313,11 @@ def _failed(label: str, err: BaseException) -> str:
 
 def run_one(out: str, task: str, core: str, seed: int, budget: float) -> str:
     """Train one (env, core, seed) unless its JSON holds these settings; returns a status line."""
-    label = f"{task} {core} seed {seed}"
+    label, path, settings, status = _todo(out, task, core, seed, budget)
+    if status:
+        return status
+    print(_start_line(label, settings), flush=True)
     try:
-        path, settings = _todo(out, task, core, seed, budget)
-        if settings is None:
-            return f"{label}: done already ({path})"
-        print(_start_line(label, settings), flush=True)
         result = train(settings, seed)
     except Exception as err:  # one failed run must not stop the suite
         traceback.print_exc()
@@ -331,14 +336,9 @@ def run_on_ray(calls: list[tuple], jobs: int | None) -> Iterator[str]:
     remote_train = ray.remote(num_cpus=1, max_retries=0)(train_here)
     queue, running = [], {}
     for out, task, core, seed, budget in calls:
-        label = f"{task} {core} seed {seed}"
-        try:
-            path, settings = _todo(out, task, core, seed, budget)
-        except Exception as err:
-            yield _failed(label, err)
-            continue
-        if settings is None:
-            yield f"{label}: done already ({path})"
+        label, path, settings, status = _todo(out, task, core, seed, budget)
+        if status:
+            yield status
         else:
             queue.append((label, path, settings, seed))
     while queue or running:
