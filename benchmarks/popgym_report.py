@@ -52,10 +52,21 @@ def normalise(task: str, value: float) -> float | None:
     return (value - low) / (high - low)
 
 
+def read_run(path: Path) -> dict[str, Any]:
+    """One run's JSON; a file that is not one is a one-line ValueError naming it (it is kept)."""
+    try:
+        run = json.loads(path.read_text())
+        if not isinstance(run, dict) or not isinstance(run.get("settings"), dict):
+            raise ValueError("no settings")
+    except ValueError as err:
+        raise ValueError(f"{path} is not a run's JSON ({err}); move it away to rerun") from None
+    return run
+
+
 def load_runs(out: Path) -> list[dict[str, Any]]:
     runs = []
     for path in sorted((out / "runs").glob("*/*/seed*.json")):
-        run = json.loads(path.read_text())
+        run = read_run(path)
         run["path"] = path
         runs.append(run)
     return runs
@@ -116,6 +127,8 @@ def write_report(out: Path, page: Path | None = None) -> Path:
     out = Path(out)
     page = page or out.with_suffix(".md")
     runs = load_runs(out)
+    if not runs:  # a mistyped directory must not become an empty page
+        raise ValueError(f"no run JSON under {out / 'runs'} (the suite's --out directory)")
     by_env: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         by_env[r["settings"]["task"]][r["settings"]["core"]].append(r)
@@ -362,4 +375,8 @@ def _published() -> list[str]:
 
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "popgym"
-    print(f"wrote {write_report(target)}")
+    try:
+        print(f"wrote {write_report(target)}")
+    except ValueError as err:
+        print(f"popgym_report: error: {err}", file=sys.stderr)
+        sys.exit(2)

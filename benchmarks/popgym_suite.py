@@ -32,6 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.popgym_report import read_run
 from rllib_stpn.nn.cores import CORES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,14 +280,8 @@ def _todo(out: str, task: str, core: str, seed: int, budget: float):
     try:
         path = run_path(Path(out), task, core, seed)
         settings = settings_for(task, core, budget)
-        if path.exists():
-            try:
-                done = json.loads(path.read_text()).get("settings") == settings
-            except (ValueError, AttributeError) as err:  # kept: move it away to rerun the run
-                msg = f"{path} is not a run's JSON ({err}); move it away to rerun"
-                raise ValueError(msg) from None
-            if done:
-                return label, path, None, f"{label}: done already ({path})"
+        if path.exists() and read_run(path)["settings"] == settings:
+            return label, path, None, f"{label}: done already ({path})"
     except Exception as err:  # one failed run must not stop the suite
         return label, None, None, _failed(label, err)
     return label, path, settings, None
@@ -426,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
                 for line in pool.map(run_one, *zip(*call)):
                     print(line, flush=True)
         print(f"suite wall time {time.perf_counter() - start:.0f} s", flush=True)
-    page = popgym_report.write_report(args.out)
+    try:
+        page = popgym_report.write_report(args.out)
+    except ValueError as err:  # a JSON that is not a run's: named, kept
+        print(f"popgym_suite: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {page}")
     return 0
 

@@ -31,6 +31,15 @@ def test_bad_arguments_are_one_line(capsys):
         assert err.count("\n") == 1
 
 
+def test_a_page_without_runs_is_one_line(tmp_path, capsys):
+    assert popgym_suite.main(["--report-only", "--out", str(tmp_path / "typo")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"popgym_suite: error: no run JSON under {tmp_path / 'typo' / 'runs'} " + (
+        "(the suite's --out directory)\n"
+    )
+    assert not (tmp_path / "typo.md").exists()
+
+
 def test_an_address_where_nothing_listens_is_one_line(capsys):
     with socket.socket() as sock:  # a port that was free a moment ago
         sock.bind(("127.0.0.1", 0))
@@ -42,14 +51,21 @@ def test_an_address_where_nothing_listens_is_one_line(capsys):
     assert err.count("\n") == 1
 
 
-def test_an_unreadable_run_json_is_kept_and_named(tmp_path):
+@pytest.mark.parametrize("text", ['{"seed": 0, "sett', "[1, 2]"])  # cut short; not a run's
+def test_an_unreadable_run_json_is_kept_and_named(tmp_path, capsys, text):
     path = popgym_suite.run_path(tmp_path, "RepeatPreviousEasy", "mlp", 0)
     path.parent.mkdir(parents=True)
-    path.write_text('{"seed": 0, "sett')  # e.g. cut short by a full disk
+    path.write_text(text)
     line = popgym_suite.run_one(str(tmp_path), "RepeatPreviousEasy", "mlp", 0, 1.0)
     assert line.startswith("RepeatPreviousEasy mlp seed 0: FAILED ValueError: ")
     assert f"{path} is not a run's JSON" in line and "move it away to rerun" in line
-    assert path.read_text() == '{"seed": 0, "sett'
+    # The page after the runs names the file in one line instead of a traceback.
+    argv = ["--envs", "RepeatPreviousEasy", "--cores", "mlp", "--seeds", "1", "--jobs", "1"]
+    assert popgym_suite.main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"popgym_suite: error: {path} is not a run's JSON")
+    assert err.count("\n") == 1
+    assert path.read_text() == text
 
 
 def test_normalisation_uses_each_families_return_range():
