@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.popgym_report import read_run
+from benchmarks import popgym_report
 from rllib_stpn.nn.cores import CORES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,7 +280,7 @@ def _todo(out: str, task: str, core: str, seed: int, budget: float):
     try:
         path = run_path(Path(out), task, core, seed)
         settings = settings_for(task, core, budget)
-        if path.exists() and read_run(path)["settings"] == settings:
+        if path.exists() and popgym_report.read_run(path)["settings"] == settings:
             return label, path, None, f"{label}: done already ({path})"
     except Exception as err:  # one failed run must not stop the suite
         return label, None, None, _failed(label, err)
@@ -390,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ImportError) as err:
         print(f"popgym_suite: error: {err}", file=sys.stderr)
         return 2
-    from benchmarks import popgym_report
-
     if not args.report_only:
         jobs = [(t, c, s) for t in args.envs for c in args.cores for s in range(args.seeds)]
         start = time.perf_counter()
